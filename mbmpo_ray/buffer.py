@@ -1,0 +1,150 @@
+"""Buffer of real transitions (NumPy), part of every checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_FIELDS = ("obs", "act", "next_obs", "reward", "done")
+
+
+class TransitionBuffer:
+    """FIFO ring buffer of real ``(obs, act, next_obs, reward, done)`` transitions.
+
+    Storage grows geometrically up to ``capacity`` (default 1e6; the paper used 1e5), after
+    which the oldest transitions are overwritten. ``get_state`` / ``set_state``
+    round-trip it exactly.
+
+    Args:
+        obs_dim: D, observation size.
+        act_dim: A, action size.
+        capacity: maximum number of transitions kept.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int = 1_000_000):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self.obs_dim, self.act_dim, self.capacity = int(obs_dim), int(act_dim), int(capacity)
+        self._data = self._alloc(min(self.capacity, 1024))
+        self._size = 0  # number of valid rows
+        self._next = 0  # next write position
+        self.total_added = 0  # lifetime count (not capped)
+
+    def _alloc(self, n: int) -> dict[str, np.ndarray]:
+        return {
+            "obs": np.zeros((n, self.obs_dim), np.float32),
+            "act": np.zeros((n, self.act_dim), np.float32),
+            "next_obs": np.zeros((n, self.obs_dim), np.float32),
+            "reward": np.zeros((n,), np.float32),
+            "done": np.zeros((n,), bool),
+        }
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, obs, act, next_obs, reward, done) -> None:
+        """Append a batch of transitions (``B x D``, ``B x A``, ``B x D``, ``B``, ``B``).
+
+        Raises ValueError on wrong shapes or non-finite values, before anything is stored.
+        """
+        batch = {
+            "obs": np.atleast_2d(np.asarray(obs, np.float32)),
+            "act": np.atleast_2d(np.asarray(act, np.float32)),
+            "next_obs": np.atleast_2d(np.asarray(next_obs, np.float32)),
+            "reward": np.asarray(reward, np.float32).reshape(-1),
+            "done": np.asarray(done, bool).reshape(-1),
+        }
+        n = len(batch["reward"])
+        widths = {"obs": self.obs_dim, "act": self.act_dim, "next_obs": self.obs_dim}
+        for name, width in widths.items():
+            if batch[name].shape != (n, width):
+                raise ValueError(
+                    f"TransitionBuffer.add: '{name}' has shape {batch[name].shape}, expected "
+                    f"({n}, {width}) to match {n} rewards"
+                )
+        if len(batch["done"]) != n:
+            raise ValueError(f"TransitionBuffer.add: {len(batch['done'])} dones for {n} rewards")
+        for name in ("obs", "act", "next_obs", "reward"):
+            bad = ~np.isfinite(batch[name]).reshape(n, -1).all(-1)
+            if bad.any():
+                raise ValueError(
+                    f"TransitionBuffer.add: {int(bad.sum())} of {n} rows have non-finite '{name}' "
+                    "(NaN/inf); check the environment or the action clipping. Nothing was stored."
+                )
+        if n == 0:
+            return
+        if n > self.capacity:  # only the newest `capacity` rows can survive
+            batch = {k: v[-self.capacity:] for k, v in batch.items()}
+            self.total_added += n - self.capacity
+            n = self.capacity
+        self._grow(min(self.capacity, self._size + n))
+        rows = (self._next + np.arange(n)) % len(self._data["reward"])
+        for k, v in batch.items():
+            self._data[k][rows] = v
+        self._next = (self._next + n) % len(self._data["reward"])
+        self._size = min(self._size + n, self.capacity)
+        self.total_added += n
+
+    def _grow(self, needed: int) -> None:
+        cur = len(self._data["reward"])
+        if needed <= cur:
+            return
+        new = min(self.capacity, max(needed, 2 * cur))
+        data = self._alloc(new)
+        order = self._order()
+        for k in _FIELDS:
+            data[k][: self._size] = self._data[k][order]
+        self._data, self._next = data, self._size % new
+
+    def _order(self) -> np.ndarray:
+        """Row indices of the valid transitions, oldest first."""
+        cap = len(self._data["reward"])
+        if self._size < cap:
+            return np.arange(self._size)
+        return (self._next + np.arange(cap)) % cap
+
+    def all(self) -> dict[str, np.ndarray]:
+        """Every stored transition, oldest first (copies)."""
+        order = self._order()
+        return {k: self._data[k][order] for k in _FIELDS}
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` transitions drawn uniformly with replacement."""
+        if self._size == 0:
+            raise ValueError("cannot sample from an empty TransitionBuffer")
+        idx = self._order()[rng.integers(0, self._size, size=n)]
+        return {k: self._data[k][idx] for k in _FIELDS}
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this buffer exactly (NumPy arrays, picklable)."""
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "capacity": self.capacity,
+            "total_added": self.total_added,
+            **self.all(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`get_state` (replaces the content)."""
+        if (state["obs_dim"], state["act_dim"]) != (self.obs_dim, self.act_dim):
+            raise ValueError(
+                f"buffer state has obs/act dims {(state['obs_dim'], state['act_dim'])}, this "
+                f"buffer "
+                f"{(self.obs_dim, self.act_dim)}: the checkpoint is from a different environment"
+            )
+        self.capacity = int(state["capacity"])
+        n = len(state["reward"])
+        self._data = self._alloc(max(1, min(self.capacity, max(n, 1024))))
+        for k in _FIELDS:
+            self._data[k][:n] = state[k]
+        self._size, self._next = n, n % len(self._data["reward"])
+        self.total_added = int(state["total_added"])
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TransitionBuffer:
+        """A new buffer restored from :meth:`get_state`."""
+        buf = cls(state["obs_dim"], state["act_dim"], state["capacity"])
+        buf.set_state(state)
+        return buf

@@ -1,0 +1,218 @@
+"""Second-order optimisation helpers for TRPO (Schulman et al. 2015, Appendix C).
+
+All functions operate on flat 1-D parameter vectors:
+
+* :func:`conjugate_gradient` solves ``H x = g`` given only products ``v -> H v``;
+* :func:`make_hvp` builds the damped Hessian-vector product of a scalar function (the KL);
+* :func:`backtracking_line_search` shrinks a proposed step until the surrogate improves and
+  the KL constraint holds, restoring the starting point if no step qualifies;
+* :func:`trpo_step` combines them into one natural-gradient update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def conjugate_gradient(
+    Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10
+) -> Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A``.
+
+    Args:
+        Avp: function returning the product ``A v`` for a 1-D vector ``v``.
+        b: right-hand side, 1-D.
+        iters: maximum number of CG iterations (TRPO default 10).
+        tol: stop once the squared residual norm ``r^T r`` drops below this.
+
+    Returns:
+        ``x`` (1-D, same dtype as ``b``), detached from any graph.
+    """
+    b = b.detach()
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = torch.dot(r, r)
+    for _ in range(iters):
+        if float(rr) < tol:
+            break
+        Ap = Avp(p).detach()
+        pAp = torch.dot(p, Ap)
+        if float(pAp) <= 0.0 or not math.isfinite(float(pAp)):
+            break
+        step = rr / pAp
+        x = x + step * p
+        r = r - step * Ap
+        rr_new = torch.dot(r, r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def make_hvp(
+    fn: Callable[[Tensor], Tensor], x: Tensor, damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """Damped Hessian-vector product closure ``v -> (nabla^2 fn(x)) v + damping * v``.
+
+    The gradient ``nabla fn(x)`` is built once with ``create_graph=True``; each call then
+    differentiates ``grad . v`` (Pearlmutter's trick), so ``fn`` may itself contain gradients
+    (e.g. a KL through a MAML inner step: third-order autodiff).
+
+    Args:
+        fn: scalar function of a flat parameter vector (for TRPO: the mean KL).
+        x: point at which the Hessian is taken (1-D; copied and detached).
+        damping: Tikhonov damping added to the product.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(fn(x), x, create_graph=True)
+
+    def hvp(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.detach(), retain_graph=True)
+        return hv.detach() + damping * v
+
+    return hvp
+
+
+@dataclass
+class LineSearchResult:
+    """Outcome of :func:`backtracking_line_search`.
+
+    Attributes:
+        x: accepted point, or a clone of the starting point when nothing was accepted.
+        accepted: whether a step was accepted.
+        num_steps: number of candidate points evaluated.
+        objective: objective at ``x``.
+        constraint: constraint value (KL) at ``x`` (0.0 when nothing was accepted).
+        step_fraction: fraction of the full step taken (0.0 when rejected).
+    """
+
+    x: Tensor
+    accepted: bool
+    num_steps: int
+    objective: float
+    constraint: float
+    step_fraction: float
+
+
+def backtracking_line_search(
+    eval_fn: Callable[[Tensor], tuple[float, float]],
+    x0: Tensor,
+    full_step: Tensor,
+    objective0: float,
+    max_constraint: float,
+    ratio: float = 0.8,
+    max_steps: int = 15,
+) -> LineSearchResult:
+    """Try ``x0 + ratio^i * full_step`` for ``i = 0..max_steps-1`` (objective is MAXIMISED).
+
+    A candidate is accepted when its objective is finite and strictly greater than
+    ``objective0`` AND its constraint value is finite and ``<= max_constraint``. If no candidate
+    qualifies, the starting point ``x0`` is returned unchanged (old parameters restored).
+
+    Args:
+        eval_fn: ``x -> (objective, constraint)`` as Python floats.
+        x0: starting point (1-D). full_step: proposed step (1-D).
+        objective0: objective at ``x0``. max_constraint: KL bound ``delta``.
+        ratio: backtracking shrink factor (0.8 in rllab's TRPO). max_steps: candidates tried.
+    """
+    x0 = x0.detach()
+    for i in range(max_steps):
+        frac = ratio**i
+        x = x0 + frac * full_step.detach()
+        obj, con = eval_fn(x)
+        if math.isfinite(obj) and math.isfinite(con) and obj > objective0 and con <= max_constraint:
+            return LineSearchResult(x, True, i + 1, obj, con, frac)
+    return LineSearchResult(x0.clone(), False, max_steps, objective0, 0.0, 0.0)
+
+
+@dataclass
+class TRPOInfo:
+    """Diagnostics of :func:`trpo_step` (see :class:`LineSearchResult` for the last four)."""
+
+    surrogate_before: float
+    surrogate_after: float
+    kl_after: float
+    grad_norm: float
+    step_size: float
+    accepted: bool
+    ls_steps: int
+    step_fraction: float
+
+
+def trpo_step(
+    x0: Tensor,
+    surrogate_fn: Callable[[Tensor], Tensor],
+    kl_fn: Callable[[Tensor], Tensor],
+    max_kl: float = 0.01,
+    cg_iters: int = 10,
+    cg_damping: float = 1e-5,
+    ls_ratio: float = 0.8,
+    ls_max_steps: int = 15,
+    eval_surrogate_fn: Callable[[Tensor], Tensor] | None = None,
+    eval_kl_fn: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, TRPOInfo]:
+    """One TRPO update maximising ``surrogate_fn`` s.t. ``kl_fn <= max_kl``.
+
+    ``g = grad L(x0)``, ``s = CG(H + damping I, g)``, full step ``sqrt(2 delta / s^T H s) s``,
+    then :func:`backtracking_line_search`.
+
+    Args:
+        x0: flat parameters (1-D).
+        surrogate_fn: differentiable surrogate ``L(x)`` (to maximise).
+        kl_fn: differentiable mean KL ``KL(x0 || x)`` (zero with zero gradient at ``x0``).
+        max_kl: trust region ``delta`` (paper 0.01).
+        cg_iters, cg_damping: conjugate-gradient iterations and damping.
+        ls_ratio, ls_max_steps: line-search shrink factor and number of candidates.
+        eval_surrogate_fn, eval_kl_fn: optional cheaper value-only versions used in the line
+            search; they must return the same values (e.g. a first-order inner step that skips
+            the second-order graph). Default: ``surrogate_fn`` / ``kl_fn``.
+
+    Returns:
+        ``(x_new, info)``; ``x_new`` equals ``x0`` when the line search rejects every step.
+    """
+    x0 = x0.detach()
+    eval_surrogate_fn = eval_surrogate_fn or surrogate_fn
+    eval_kl_fn = eval_kl_fn or kl_fn
+    x = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        surr0_t = surrogate_fn(x)
+        (grad,) = torch.autograd.grad(surr0_t, x)
+    surr0 = float(surr0_t.detach())
+    grad = grad.detach()
+    grad_norm = float(grad.norm())
+    if not math.isfinite(grad_norm) or grad_norm == 0.0:
+        info = TRPOInfo(surr0, surr0, 0.0, grad_norm, 0.0, False, 0, 0.0)
+        return x0.clone(), info
+    hvp = make_hvp(kl_fn, x0, damping=cg_damping)
+    direction = conjugate_gradient(hvp, grad, iters=cg_iters)
+    shs = float(torch.dot(direction, hvp(direction)))
+    if not math.isfinite(shs) or shs <= 0.0:
+        info = TRPOInfo(surr0, surr0, 0.0, grad_norm, 0.0, False, 0, 0.0)
+        return x0.clone(), info
+    step_size = math.sqrt(2.0 * max_kl / shs)
+    full_step = step_size * direction
+
+    def eval_fn(xc: Tensor) -> tuple[float, float]:
+        return float(eval_surrogate_fn(xc).detach()), float(eval_kl_fn(xc).detach())
+
+    res = backtracking_line_search(
+        eval_fn, x0, full_step, surr0, max_kl, ratio=ls_ratio, max_steps=ls_max_steps
+    )
+    info = TRPOInfo(
+        surrogate_before=surr0,
+        surrogate_after=res.objective,
+        kl_after=res.constraint,
+        grad_norm=grad_norm,
+        step_size=step_size,
+        accepted=res.accepted,
+        ls_steps=res.num_steps,
+        step_fraction=res.step_fraction,
+    )
+    return res.x, info
