@@ -194,9 +194,7 @@ def swimmer_reward(obs: Array, act: Array, next_obs: Array) -> Array:
 def half_cheetah_reward(obs: Array, act: Array, next_obs: Array) -> Array:
     """Reward of ``HalfCheetah-v5``: ``(x' - x) / dt - 0.1 * |a|^2`` (obs[0] is x)."""
     obs, act, next_obs = _prepare(obs, act, next_obs)
-    forward = HALF_CHEETAH_FORWARD_REWARD_WEIGHT * _forward_velocity(
-        obs, next_obs, HALF_CHEETAH_DT
-    )
+    forward = HALF_CHEETAH_FORWARD_REWARD_WEIGHT * _forward_velocity(obs, next_obs, HALF_CHEETAH_DT)
     return forward - _ctrl_cost(act, HALF_CHEETAH_CTRL_COST_WEIGHT)
 
 

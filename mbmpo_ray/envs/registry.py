@@ -258,9 +258,7 @@ def make_env(env_id: str, horizon: int | None = 200, **overrides: Any) -> gym.En
                 f"required by the model functions of {env_id!r}."
             )
     kwargs = {**spec.make_kwargs, **overrides}
-    env = gym.make(
-        env_id, max_episode_steps=None if horizon is None else int(horizon), **kwargs
-    )
+    env = gym.make(env_id, max_episode_steps=None if horizon is None else int(horizon), **kwargs)
     env_dt = getattr(env.unwrapped, "dt", None)
     if spec.dt is not None and env_dt is not None and env_dt != spec.dt:
         env.close()

@@ -154,6 +154,11 @@ class GaussianMLPPolicy:
         x = obs[..., self.obs_start :] if self.obs_start else obs
         if batched:
             num_tasks = x.shape[0]
+            if params["log_std"].dim() != 2 or params["log_std"].shape[0] != num_tasks:
+                raise ValueError(
+                    f"batched params must have a task axis of size {num_tasks} (obs.shape[0]), "
+                    f"got log_std of shape {tuple(params['log_std'].shape)}"
+                )
             middle = x.shape[1:-1]
             h = x.reshape(num_tasks, -1, x.shape[-1])  # T x M x D
             for i in range(self.num_layers):

@@ -129,7 +129,9 @@ class DynamicsEnsemble(nn.Module):
                 f"invalid sizes obs_dim={obs_dim}, act_dim={act_dim}, ensemble_size={ensemble_size}"
             )
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}"
+            )
         num_elites = ensemble_size if num_elites is None else int(num_elites)
         if not 1 <= num_elites <= ensemble_size:
             raise ValueError(f"num_elites must be in [1, {ensemble_size}], got {num_elites}")
@@ -450,8 +452,9 @@ class DynamicsEnsemble(nn.Module):
         missing = expected - state.keys()
         unexpected = state.keys() - expected
         if missing or unexpected:
-            raise KeyError(f"member state mismatch: missing={sorted(missing)}, "
-                           f"unexpected={sorted(unexpected)}")
+            raise KeyError(
+                f"member state mismatch: missing={sorted(missing)}, unexpected={sorted(unexpected)}"
+            )
         for name in sorted(expected):
             target, src = targets[name], state[name]
             if name in member_keys:
@@ -459,8 +462,9 @@ class DynamicsEnsemble(nn.Module):
                 if tuple(src.shape) != want:
                     raise ValueError(f"{name}: expected shape {want}, got {tuple(src.shape)}")
             elif tuple(src.shape) != tuple(target.shape):
-                raise ValueError(f"{name}: expected shape {tuple(target.shape)}, "
-                                 f"got {tuple(src.shape)}")
+                raise ValueError(
+                    f"{name}: expected shape {tuple(target.shape)}, got {tuple(src.shape)}"
+                )
         for name in expected:
             target, src = targets[name], state[name]
             src = src.to(device=target.device, dtype=target.dtype)

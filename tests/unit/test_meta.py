@@ -1,0 +1,495 @@
+"""Fast unit tests of ``mbmpo_ray.meta``: policy, returns, TRPO helpers, MAML inner/outer step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo_ray.meta import (
+    GaussianMLPPolicy,
+    LinearFeatureBaseline,
+    MetaConfig,
+    TaskBatch,
+    adapt,
+    adapt_steps,
+    backtracking_line_search,
+    compute_returns,
+    conjugate_gradient,
+    discount_cumsum,
+    explained_variance,
+    gae,
+    make_hvp,
+    mean_kl,
+    meta_step,
+    normalize_advantages,
+    outer_surrogate,
+    process_batch,
+    task_members,
+    trpo_step,
+)
+
+F64 = torch.float64
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _tiny_policy(obs_dim: int = 3, act_dim: int = 2, obs_start: int = 0) -> GaussianMLPPolicy:
+    return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=(4,), obs_start=obs_start)
+
+
+def _random_params(policy: GaussianMLPPolicy, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Float64 params with non-trivial output layer and log-std (init scales them down)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: 0.5 * torch.randn(s, generator=g, dtype=F64) for k, s in policy.param_shapes.items()
+    }
+
+
+def _task_batch(
+    policy: GaussianMLPPolicy,
+    task_params: dict[str, torch.Tensor] | None,
+    num_tasks: int = 2,
+    n: int = 3,
+    h: int = 4,
+    seed: int = 0,
+) -> TaskBatch:
+    """A fixed random batch (float64) with a ragged mask and constant advantages."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(num_tasks, n, h, policy.obs_dim, generator=g, dtype=F64)
+    act = torch.randn(num_tasks, n, h, policy.act_dim, generator=g, dtype=F64)
+    mask = torch.ones(num_tasks, n, h, dtype=F64)
+    mask[0, 0, h - 1 :] = 0.0
+    mask[-1, -1, h // 2 :] = 0.0
+    adv = torch.randn(num_tasks, n, h, generator=g, dtype=F64) * mask
+    if task_params is None:
+        old_logp = torch.zeros(num_tasks, n, h, dtype=F64)
+    else:
+        with torch.no_grad():
+            old_logp = policy.log_prob(task_params, obs, act, batched=True)
+    zeros = torch.zeros_like(adv)
+    return TaskBatch(obs, act, mask, adv, old_logp, zeros, zeros)
+
+
+# ------------------------------------------------------------------------------------- policy
+def test_task_batched_forward_equals_loop() -> None:
+    policy = GaussianMLPPolicy(5, 2, hidden_sizes=(6, 7), obs_start=1)
+    num_tasks = 3
+    per_task = [_random_params(policy, seed=s) for s in range(num_tasks)]
+    batched = {k: torch.stack([p[k] for p in per_task]) for k in policy.param_names}
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(num_tasks, 2, 5, 5, generator=g, dtype=F64)
+    act = torch.randn(num_tasks, 2, 5, 2, generator=g, dtype=F64)
+    mean_b, log_std_b = policy.mean_and_log_std(batched, obs, batched=True)
+    logp_b = policy.log_prob(batched, obs, act, batched=True)
+    kl_b = policy.kl(batched, {k: v.flip(0) for k, v in batched.items()}, obs, batched=True)
+    ent_b = policy.entropy(batched, batched=True)
+    assert mean_b.shape == (num_tasks, 2, 5, 2) and logp_b.shape == (num_tasks, 2, 5)
+    for t in range(num_tasks):
+        mean, log_std = policy.mean_and_log_std(per_task[t], obs[t])
+        torch.testing.assert_close(mean_b[t], mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(log_std_b[t], log_std)
+        torch.testing.assert_close(logp_b[t], policy.log_prob(per_task[t], obs[t], act[t]))
+        other = per_task[num_tasks - 1 - t]
+        torch.testing.assert_close(kl_b[t], policy.kl(per_task[t], other, obs[t]))
+        torch.testing.assert_close(ent_b[t], policy.entropy(per_task[t]))
+    # obs_start: the first entry is ignored
+    obs2 = obs.clone()
+    obs2[..., 0] += 100.0
+    torch.testing.assert_close(policy.mean_and_log_std(batched, obs2, batched=True)[0], mean_b)
+
+
+def test_policy_log_prob_kl_sample_consistency() -> None:
+    policy = _tiny_policy()
+    p = _random_params(policy)
+    q = _random_params(policy, seed=1)
+    obs = torch.randn(7, 3, dtype=F64)
+    act = torch.randn(7, 2, dtype=F64)
+    mean, log_std = policy.mean_and_log_std(p, obs)
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(act).sum(-1)
+    torch.testing.assert_close(policy.log_prob(p, obs, act), ref)
+    mq, lq = policy.mean_and_log_std(q, obs)
+    ref_kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, log_std.exp()), torch.distributions.Normal(mq, lq.exp())
+    ).sum(-1)
+    torch.testing.assert_close(policy.kl(p, q, obs), ref_kl)
+    assert torch.equal(policy.kl(p, p, obs), torch.zeros(7, dtype=F64))
+    a, logp = policy.sample(p, obs, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logp, policy.log_prob(p, obs, a))
+    vec = policy.flatten(p)
+    assert vec.shape == (policy.num_params,)
+    assert all(torch.equal(policy.unflatten(vec)[k], p[k]) for k in p)
+    init = policy.init_params(torch.Generator().manual_seed(0))
+    assert list(init) == policy.param_names
+    assert torch.equal(init["log_std"], torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------------- returns
+def test_discounting_and_gae_match_hand_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(2, 3, 6, generator=g, dtype=F64)
+    values = torch.randn(2, 3, 6, generator=g, dtype=F64)
+    mask = torch.ones(2, 3, 6, dtype=F64)
+    mask[0, 1, 4:] = 0.0  # terminated at step 3
+    mask[1, 2, 1:] = 0.0  # terminated at step 0
+    gamma, lam = 0.9, 0.7
+    ret = compute_returns(rewards, mask, gamma)
+    adv = gae(rewards, values, mask, gamma, lam)
+    for t in range(2):
+        for n in range(3):
+            length = int(mask[t, n].sum())
+            r, v = rewards[t, n, :length].tolist(), values[t, n, :length].tolist()
+            exp_ret, running = [0.0] * length, 0.0
+            for h in reversed(range(length)):
+                running = r[h] + gamma * running
+                exp_ret[h] = running
+            exp_adv, running = [0.0] * length, 0.0
+            for h in reversed(range(length)):
+                nv = v[h + 1] if h + 1 < length else 0.0
+                running = r[h] + gamma * nv - v[h] + gamma * lam * running
+                exp_adv[h] = running
+            torch.testing.assert_close(ret[t, n, :length], torch.tensor(exp_ret, dtype=F64))
+            torch.testing.assert_close(adv[t, n, :length], torch.tensor(exp_adv, dtype=F64))
+            assert torch.all(ret[t, n, length:] == 0) and torch.all(adv[t, n, length:] == 0)
+    # lambda = 1: advantage = return - baseline
+    torch.testing.assert_close(gae(rewards, values, mask, gamma, 1.0), (ret - values) * mask)
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    torch.testing.assert_close(discount_cumsum(x, 0.5), torch.tensor([2.75, 3.5, 3.0], dtype=F64))
+
+
+def test_normalize_advantages_per_task_and_explained_variance() -> None:
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(3, 4, 5, generator=g, dtype=F64) * torch.tensor([1.0, 10.0, 100.0]).view(
+        3, 1, 1
+    ).to(F64) + 5.0
+    mask = torch.ones_like(adv)
+    mask[1, :, 3:] = 0.0
+    out = normalize_advantages(adv, mask)
+    for t in range(3):
+        valid = out[t][mask[t] > 0]
+        assert abs(float(valid.mean())) < 1e-10
+        assert abs(float(valid.std(unbiased=False)) - 1.0) < 1e-6
+    assert torch.all(out[mask == 0] == 0)
+    assert explained_variance(adv, adv, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros_like(adv) + 3.0, adv, mask) < 0.5
+    assert math.isnan(explained_variance(adv, torch.ones_like(adv), mask))
+
+
+def test_linear_baseline_matches_numpy_lstsq() -> None:
+    g = torch.Generator().manual_seed(0)
+    num_tasks, n, h, d = 2, 3, 7, 2
+    obs = torch.randn(num_tasks, n, h, d, generator=g, dtype=F64) * 4.0  # some clipped at 10
+    obs[0, 0, 0, 0] = 30.0
+    returns = torch.randn(num_tasks, n, h, generator=g, dtype=F64)
+    mask = torch.ones(num_tasks, n, h, dtype=F64)
+    mask[1, 0, 4:] = 0.0
+    base = LinearFeatureBaseline().fit(obs, returns, mask)
+    pred = base.predict(obs, mask)
+    for t in range(num_tasks):
+        rows, ys = [], []
+        for i in range(n):
+            for step in range(h):
+                if mask[t, i, step] == 0:
+                    continue
+                o = np.clip(obs[t, i, step].numpy(), -10, 10)
+                tt = step / 100.0
+                rows.append(np.concatenate([o, o**2, [tt, tt**2, tt**3, 1.0]]))
+                ys.append(float(returns[t, i, step]))
+        x, y = np.asarray(rows), np.asarray(ys)
+        coeffs = np.linalg.lstsq(x.T @ x + 1e-5 * np.eye(x.shape[1]), x.T @ y, rcond=None)[0]
+        np.testing.assert_allclose(base.coeffs[t].numpy(), coeffs, rtol=1e-6, atol=1e-8)
+        valid = mask[t] > 0
+        np.testing.assert_allclose(pred[t][valid].numpy(), x @ coeffs, rtol=1e-6, atol=1e-8)
+    assert torch.all(pred[mask == 0] == 0)
+
+
+# ------------------------------------------------------------------------------------- optim
+@pytest.mark.parametrize("n", [3, 8, 20])
+def test_conjugate_gradient_solves_spd(n: int) -> None:
+    rng = np.random.default_rng(n)
+    m = rng.standard_normal((n, n))
+    a = m @ m.T + 0.5 * np.eye(n)
+    b = rng.standard_normal(n)
+    at = torch.tensor(a, dtype=F64)
+    x = conjugate_gradient(lambda v: at @ v, torch.tensor(b, dtype=F64), iters=5 * n, tol=1e-24)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(a, b), rtol=1e-7, atol=1e-9)
+
+
+def test_kl_hvp_equals_explicit_hessian() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    theta0 = policy.flatten(params)
+    obs = torch.randn(11, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+
+    def kl_fn(x: torch.Tensor) -> torch.Tensor:
+        return policy.kl(params, policy.unflatten(x), obs).mean()
+
+    v = torch.randn(policy.num_params, dtype=F64, generator=torch.Generator().manual_seed(4))
+    for point in (theta0, theta0 + 0.1 * torch.randn_like(theta0)):
+        hess = torch.autograd.functional.hessian(kl_fn, point)
+        hvp = make_hvp(kl_fn, point, damping=0.0)
+        torch.testing.assert_close(hvp(v), hess @ v, rtol=1e-9, atol=1e-10)
+        hvp_d = make_hvp(kl_fn, point, damping=0.1)
+        torch.testing.assert_close(hvp_d(v), hess @ v + 0.1 * v, rtol=1e-9, atol=1e-10)
+
+
+def test_meta_kl_hvp_through_inner_step_equals_explicit_hessian() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    theta0 = policy.flatten(params)
+    pre = _task_batch(policy, None, seed=1)
+    post = _task_batch(policy, None, seed=2)
+    old = {k: v.detach() for k, v in adapt(policy, params, pre, 0.3).items()}
+
+    def kl_fn(x: torch.Tensor) -> torch.Tensor:
+        new = adapt(policy, policy.unflatten(x), pre, 0.3)
+        return mean_kl(policy, old, new, post.obs, post.mask)
+
+    v = torch.randn(policy.num_params, dtype=F64, generator=torch.Generator().manual_seed(4))
+    point = theta0 + 0.05 * torch.randn_like(theta0)
+    hess = torch.autograd.functional.hessian(kl_fn, point)
+    torch.testing.assert_close(make_hvp(kl_fn, point)(v), hess @ v, rtol=1e-8, atol=1e-10)
+
+
+def test_line_search_restores_old_params_when_nothing_improves() -> None:
+    x0 = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
+    calls: list[torch.Tensor] = []
+
+    def worse(x: torch.Tensor) -> tuple[float, float]:
+        calls.append(x)
+        return -1.0 - float((x - x0).abs().sum()), 0.0
+
+    res = backtracking_line_search(worse, x0, torch.ones(3, dtype=F64), 0.0, 0.01, 0.5, 15)
+    assert not res.accepted and res.num_steps == 15 and len(calls) == 15
+    assert torch.equal(res.x, x0)
+    # accepted only when the KL bound also holds
+    res = backtracking_line_search(
+        lambda x: (float(x.sum()), float(x.sum())), x0 * 0, torch.ones(3, dtype=F64), 0.0, 0.5
+    )
+    assert res.accepted and float(res.x.sum()) <= 0.5 and res.num_steps > 1
+
+
+def test_trpo_step_restores_params_when_surrogate_always_gets_worse() -> None:
+    x0 = torch.tensor([0.5, -0.25, 1.0, 2.0], dtype=F64)
+    g = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=F64)
+
+    def surrogate(x: torch.Tensor) -> torch.Tensor:  # gradient g at x0, but every step loses
+        return g @ (x - x0) - 1e6 * (x - x0).pow(2).sum()
+
+    def kl(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x - x0).pow(2).sum()
+
+    x_new, info = trpo_step(x0, surrogate, kl, max_kl=0.01, ls_max_steps=15)
+    assert torch.equal(x_new, x0)
+    assert not info.accepted and info.ls_steps == 15
+
+    # a well-behaved quadratic: the step is taken, improves, and respects the KL bound
+    def good(x: torch.Tensor) -> torch.Tensor:
+        return g @ (x - x0) - 0.5 * (x - x0).pow(2).sum()
+
+    x_new, info = trpo_step(x0, good, kl, max_kl=0.01)
+    assert info.accepted and info.ls_steps == 1
+    assert float(kl(x_new)) == pytest.approx(0.01, rel=1e-4)
+    assert float(good(x_new)) > 0.0
+
+
+# ------------------------------------------------------------------------------------- maml
+def test_alpha_zero_gives_theta_bit_for_bit() -> None:
+    policy = GaussianMLPPolicy(3, 2)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    pre = _task_batch(policy, None, num_tasks=4, seed=1)
+    pre = TaskBatch(*(getattr(pre, f).float() for f in TaskBatch.__dataclass_fields__))
+    for first_order in (False, True):
+        tp = adapt(policy, params, pre, 0.0, first_order=first_order)
+        tp2 = adapt_steps(policy, params, [pre, pre], 0.0, first_order)
+        for k, p in params.items():
+            assert tp[k].shape == (4, *p.shape)
+            for t in range(4):
+                assert torch.equal(tp[k][t], p) and torch.equal(tp2[k][t], p)
+
+
+def _meta_objective_grad(policy, params, pre, post, alpha, first_order, steps=1):
+    x = policy.flatten(params).detach().requires_grad_(True)
+    tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, alpha, first_order)
+    (grad,) = torch.autograd.grad(outer_surrogate(policy, tp, post), x)
+    return grad
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_meta_gradient_matches_finite_differences(steps: int) -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    alpha = 0.3
+    pre = _task_batch(policy, None, seed=1)
+    post_params = adapt_steps(policy, params, [pre] * steps, alpha)
+    post = _task_batch(policy, {k: v.detach() for k, v in post_params.items()}, seed=2)
+    grad = _meta_objective_grad(policy, params, pre, post, alpha, False, steps)
+
+    def f(x: torch.Tensor) -> float:
+        tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, alpha, True)
+        return float(outer_surrogate(policy, tp, post).detach())
+
+    theta = policy.flatten(params).detach()
+    eps = 1e-6
+    fd = torch.zeros_like(theta)
+    for i in range(theta.numel()):
+        e = torch.zeros_like(theta)
+        e[i] = eps
+        fd[i] = (f(theta + e) - f(theta - e)) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-8)
+    # first-order MAML ignores the inner Jacobian, so it must differ here
+    grad_fo = _meta_objective_grad(policy, params, pre, post, alpha, True, steps)
+    assert not torch.allclose(grad_fo, grad, rtol=1e-3, atol=1e-6)
+
+
+def test_first_order_equals_second_order_only_without_adaptation() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    pre = _task_batch(policy, None, seed=1)
+    post = _task_batch(policy, None, seed=2)
+    g2 = _meta_objective_grad(policy, params, pre, post, 0.0, False)
+    g1 = _meta_objective_grad(policy, params, pre, post, 0.0, True)
+    assert torch.equal(g1, g2)
+    g2 = _meta_objective_grad(policy, params, pre, post, 0.05, False)
+    g1 = _meta_objective_grad(policy, params, pre, post, 0.05, True)
+    assert not torch.allclose(g1, g2, rtol=1e-4, atol=0)
+
+
+def test_inner_step_is_per_task_vanilla_policy_gradient() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    pre = _task_batch(policy, None, num_tasks=3, seed=5)
+    tp = adapt(policy, params, pre, 0.1, first_order=True)
+    for t in range(3):
+        p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        logp = policy.log_prob(p, pre.obs[t], pre.actions[t])
+        j = (logp * pre.advantages[t] * pre.mask[t]).sum() / pre.mask[t].sum()
+        grads = torch.autograd.grad(j, list(p.values()))
+        for (k, v), gk in zip(p.items(), grads, strict=True):
+            torch.testing.assert_close(tp[k][t], v + 0.1 * gk)
+
+
+# ------------------------------------------------------------------------------------- config
+def test_task_members_uses_every_member_equally() -> None:
+    for num_tasks, k in [(20, 5), (5, 5), (6, 3), (4, 1), (12, 4)]:
+        m = task_members(num_tasks, k)
+        assert m.dtype == torch.long and m.shape == (num_tasks,)
+        assert torch.equal(torch.bincount(m, minlength=k), torch.full((k,), num_tasks // k))
+        assert torch.all(m[1:] >= m[:-1])
+    for num_tasks, k in [(6, 4), (0, 2), (3, 5), (5, 0)]:
+        with pytest.raises(ValueError, match="multiple|ensemble_size"):
+            task_members(num_tasks, k)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("alpha", -0.1, "alpha"),
+        ("max_kl", 0.0, "max_kl"),
+        ("outer_optimizer", "adam", "outer_optimizer"),
+        ("num_inner_steps", 0, "num_inner_steps"),
+        ("gamma", 1.5, "gamma"),
+        ("ls_backtrack_ratio", 1.0, "ls_backtrack_ratio"),
+        ("num_tasks", 0, "num_tasks"),
+    ],
+)
+def test_meta_config_validate(field: str, value: object, match: str) -> None:
+    cfg = MetaConfig()
+    assert cfg.validate() is cfg
+    assert (cfg.alpha, cfg.max_kl, cfg.gamma, cfg.gae_lambda) == (0.001, 0.01, 0.99, 1.0)
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=match):
+        cfg.validate()
+
+
+# ------------------------------------------------------------------------------------- meta step
+class _PointMass:
+    """Two-member toy 'ensemble': next = obs + c_k * clip(act); member k has gain c_k."""
+
+    ensemble_size = 2
+
+    def sample_next_obs(self, obs, act, *, deterministic=True, generator=None):
+        gains = torch.tensor([0.2, 0.1], dtype=obs.dtype).view(2, 1, 1)
+        return obs + gains * act
+
+
+def _toy_sample_fn(policy, num_tasks=4, n=16, horizon=12, seed=0):
+    from mbmpo_ray.imagination import imagine
+
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randn(num_tasks, n, 2, generator=gen)
+
+    def sample_fn(task_params):
+        def policy_fn(obs, generator):
+            return policy.sample(task_params, obs, generator, batched=True)
+
+        return imagine(
+            _PointMass(),
+            policy_fn,
+            start,
+            horizon,
+            lambda o, a, o2: -(o2**2).sum(-1),
+            None,
+            action_low=-1.0,
+            action_high=1.0,
+            generator=gen,
+        )
+
+    return sample_fn
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"outer_optimizer": "ppo"},
+        {"num_inner_steps": 2, "first_order": True},
+        {"alpha": 0.0},
+    ],
+)
+def test_meta_step_runs_and_improves_toy_problem(overrides: dict) -> None:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    cfg = MetaConfig(**{"num_tasks": 4, "alpha": 0.05, "max_kl": 0.05, **overrides})
+    sample_fn = _toy_sample_fn(policy)
+    returns = []
+    for _ in range(6):
+        new_params, diag = meta_step(policy, params, sample_fn, cfg, ensemble_size=2)
+        returns.append(diag["pre_return_mean"])
+        params = new_params
+    assert diag["pre_return_per_task"].shape == (4,)
+    assert diag["post_return_per_task"].shape == (4,)
+    np.testing.assert_array_equal(diag["task_members"], [0, 0, 1, 1])
+    for key in ("surrogate_before", "surrogate_after", "kl_after", "inner_grad_norm",
+                "baseline_ev_pre", "baseline_ev_post", "ls_steps", "ls_accepted"):
+        assert np.isfinite(diag[key]), key
+    if cfg.outer_optimizer == "trpo":
+        assert diag["kl_after"] <= cfg.max_kl * (1 + 1e-6)
+    assert returns[-1] > returns[0]
+
+
+def test_meta_step_rejects_wrong_task_count() -> None:
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(4,))
+    params = policy.init_params()
+    two_task_fn = _toy_sample_fn(policy, num_tasks=2)
+
+    def sample_fn(task_params):
+        return two_task_fn({k: v[:2] for k, v in task_params.items()})
+
+    with pytest.raises(ValueError, match="num_tasks"):
+        meta_step(policy, params, sample_fn, MetaConfig(num_tasks=4))
+    with pytest.raises(ValueError, match="task axis"):
+        policy.mean_and_log_std(policy.expand_params(params, 3), torch.zeros(2, 5, 2), True)
+
+
+def test_process_batch_recomputes_old_log_probs_and_baseline() -> None:
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(4,))
+    params = policy.expand_params(policy.init_params(), 4)
+    raw = _toy_sample_fn(policy)(params)
+    tb = process_batch(policy, params, raw, gamma=0.99, gae_lambda=1.0, normalize=False)
+    torch.testing.assert_close(tb.old_log_probs, raw.log_probs)
+    torch.testing.assert_close(tb.advantages, (tb.returns - tb.values) * tb.mask)
+    assert explained_variance(tb.values, tb.returns, tb.mask) > 0.5
