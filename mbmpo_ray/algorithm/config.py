@@ -113,6 +113,14 @@ class MBMPOConfig(AlgorithmConfig):
                 setattr(self, name, tuple(value) if name.endswith("_sizes") else value)
         return self
 
+    @override(AlgorithmConfig)
+    def update_from_dict(self, config_dict: dict[str, Any]) -> MBMPOConfig:
+        """RLlib's ``update_from_dict``; a ``mbmpo_point`` entry (a dict of settings swept
+        jointly by Tune, e.g. ensemble_size with num_tasks) is expanded first."""
+        config_dict = dict(config_dict)
+        config_dict.update(config_dict.pop("mbmpo_point", None) or {})
+        return super().update_from_dict(config_dict)
+
     @property
     def fit_config(self) -> FitConfig:
         """The ensemble fitting settings as a :class:`~mbmpo_ray.models.FitConfig`."""

@@ -80,7 +80,7 @@ class MBMPOTorchLearner(TorchLearner):
         meta_cfg = cfg.meta_config
         dev = self._device
         gen = torch.Generator(device=dev).manual_seed(int(seed))
-        start = torch.as_tensor(start_obs, dtype=torch.float32, device=dev)
+        start = torch.tensor(np.asarray(start_obs), dtype=torch.float32, device=dev)
         low = torch.as_tensor(action_low, dtype=torch.float32, device=dev)
         high = torch.as_tensor(action_high, dtype=torch.float32, device=dev)
         T, N = cfg.num_tasks, cfg.rollouts_per_task

@@ -292,6 +292,32 @@ class MBMPO(Algorithm):
         out.update({f"val_loss_member_{k}": float(v) for k, v in enumerate(val)})
         return out
 
+    @override(Algorithm)
+    def evaluate(self, *args, num_episodes: int | None = None, **kwargs) -> dict[str, Any]:
+        """Real-env returns of the pre-update policy and of the adapted policies (mean actions).
+
+        Args:
+            num_episodes: episodes per policy kind (default ``eval_episodes_per_iter``, min 1);
+                the adapted-policy episodes are spread over the K members.
+        """
+        n = max(1, num_episodes or self.config.eval_episodes_per_iter)
+        pre = self._evaluate_real(n)
+        out = {"episode_return_mean": float(np.mean(pre["episode_returns"])),
+               "episode_returns": pre["episode_returns"]}
+        if self._adapted_params is not None:
+            K = self.config.ensemble_size
+            counts = [len(c) for c in np.array_split(np.arange(n), K)]
+            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": False})
+                    for k, c in enumerate(counts) if c]
+            post = self._run_on_runners(jobs)
+            out["post_adaptation_return_mean"] = float(np.mean(post["episode_returns"]))
+            out["post_adaptation_episode_returns"] = post["episode_returns"]
+            # put theta back on the runners
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True
+            )
+        return out
+
     # ------------------------------------------------------------------ checkpointing
     @override(Algorithm)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Public API:
 * :class:`GaussianMLPPolicy` - functional, task-batchable Gaussian MLP policy.
 * returns: :func:`discount_cumsum`, :func:`compute_returns`, :func:`gae`,
   :func:`normalize_advantages`, :func:`explained_variance`, :class:`LinearFeatureBaseline`.
-* optimisation: :func:`conjugate_gradient`, :func:`make_hvp`,
+* optimisation: :func:`conjugate_gradient`, :func:`make_hvp`, :func:`make_gauss_newton_hvp`,
   :func:`backtracking_line_search`, :func:`trpo_step`.
 * MAML / MB-MPO: :class:`MetaConfig`, :class:`TaskBatch`, :func:`process_batch`,
   :func:`adapt`, :func:`adapt_steps`, :func:`outer_surrogate`, :func:`mean_kl`,
@@ -34,6 +34,7 @@ from mbmpo_ray.meta.optim import (
     TRPOInfo,
     backtracking_line_search,
     conjugate_gradient,
+    make_gauss_newton_hvp,
     make_hvp,
     trpo_step,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "imagined_return",
     "inner_gradients",
     "inner_objective",
+    "make_gauss_newton_hvp",
     "make_hvp",
     "masked_mean",
     "mean_kl",

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mbmpo_ray.meta.optim import trpo_step
+from mbmpo_ray.meta.optim import make_gauss_newton_hvp, make_hvp, trpo_step
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import (
     LinearFeatureBaseline,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 Params = dict[str, Tensor]
 
 _OPTIMIZERS = ("trpo", "ppo")
+_HVP_METHODS = ("gauss_newton", "exact", "first_order")
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -83,6 +84,10 @@ class MetaConfig:
     """Conjugate-gradient iterations for the natural-gradient direction."""
     cg_damping: float = 1e-5
     """Damping added to the KL Hessian-vector product (see class docstring)."""
+    hvp_method: str = "gauss_newton"
+    """KL Hessian-vector product: ``"gauss_newton"`` (J^T F J, exact at theta_old, no
+    third-order autodiff), ``"exact"`` (autodiff of the KL through the inner step) or
+    ``"first_order"`` (Fisher of the adapted policies, ignoring the inner-step Jacobian)."""
     ls_backtrack_ratio: float = 0.8
     """Line-search shrink factor per rejected candidate."""
     ls_max_steps: int = 15
@@ -122,6 +127,10 @@ class MetaConfig:
             (self.max_kl > 0.0, f"max_kl must be > 0 (paper: 0.01), got {self.max_kl}"),
             (self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}"),
             (self.cg_damping >= 0.0, f"cg_damping must be >= 0, got {self.cg_damping}"),
+            (
+                self.hvp_method in _HVP_METHODS,
+                f"hvp_method must be one of {_HVP_METHODS}, got {self.hvp_method!r}",
+            ),
             (
                 0.0 < self.ls_backtrack_ratio < 1.0,
                 f"ls_backtrack_ratio must be in (0, 1), got {self.ls_backtrack_ratio}",
@@ -362,7 +371,9 @@ def trpo_meta_update(
     Surrogate and KL closures re-run :func:`adapt_steps` on the PRE-update batches so that
     ``theta'_t`` is a function of ``theta``. The KL is between the post-update policies
     ``theta'_t(theta_old)`` and ``theta'_t(theta)`` on post-update states, mean over tasks.
-    Line-search evaluations use the (value-identical) first-order inner step for speed.
+    Line-search evaluations use the (value-identical) first-order inner step for speed. The
+    KL Hessian-vector product follows ``config.hvp_method`` (default Gauss-Newton, which equals
+    the exact KL Hessian at ``theta_old``).
 
     Returns:
         ``(new_params, info)``; ``new_params`` equal ``params`` if the line search rejects.
@@ -382,6 +393,20 @@ def trpo_meta_update(
         new = task_params_of(x, first_order)
         return mean_kl(policy, old_task_params, new, post_batch.obs, post_batch.mask)
 
+    hvp: Callable[[Tensor], Tensor] | None = None  # None: exact autodiff (make_hvp)
+    if config.hvp_method == "gauss_newton":
+
+        def inner(x: Tensor) -> Tensor:
+            return policy.flatten(task_params_of(x, config.first_order), batched=True)
+
+        def outer(y: Tensor) -> Tensor:
+            new = policy.unflatten(y, batched=True)
+            return mean_kl(policy, old_task_params, new, post_batch.obs, post_batch.mask)
+
+        hvp = make_gauss_newton_hvp(inner, outer, theta0, damping=config.cg_damping)
+    elif config.hvp_method == "first_order":
+        hvp = make_hvp(lambda x: kl(x, True), theta0, damping=config.cg_damping)
+
     x_new, info = trpo_step(
         theta0,
         surrogate,
@@ -393,6 +418,7 @@ def trpo_meta_update(
         ls_max_steps=config.ls_max_steps,
         eval_surrogate_fn=lambda x: surrogate(x, True),
         eval_kl_fn=lambda x: kl(x, True),
+        hvp=hvp,
     )
     new_params = {k: v.detach().clone() for k, v in policy.unflatten(x_new).items()}
     diag = {

@@ -107,23 +107,34 @@ class GaussianMLPPolicy:
         params["log_std"] = torch.full((self.act_dim,), self.init_log_std, dtype=dtype)
         return params
 
-    def flatten(self, params: dict[str, Tensor]) -> Tensor:
-        """Concatenate unbatched parameters (in ``param_names`` order) into a 1-D vector."""
+    def flatten(self, params: dict[str, Tensor], batched: bool = False) -> Tensor:
+        """Concatenate params (in ``param_names`` order) into a vector.
+
+        Returns a 1-D vector of length ``num_params``, or ``T x num_params`` when ``batched``.
+        """
+        if batched:
+            num_tasks = params[self.param_names[0]].shape[0]
+            return torch.cat([params[k].reshape(num_tasks, -1) for k in self.param_names], dim=1)
         return torch.cat([params[k].reshape(-1) for k in self.param_names])
 
-    def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
-        """Inverse of :meth:`flatten`: split a 1-D vector of length ``num_params`` into a dict.
+    def unflatten(self, vec: Tensor, batched: bool = False) -> dict[str, Tensor]:
+        """Inverse of :meth:`flatten`: split ``num_params`` (or ``T x num_params``) into a dict.
 
         The returned tensors are views of ``vec``, so gradients flow back to it.
         """
-        if vec.dim() != 1 or vec.numel() != self.num_params:
-            raise ValueError(f"expected a 1-D vector of {self.num_params} entries, got {vec.shape}")
+        expected_dim = 2 if batched else 1
+        if vec.dim() != expected_dim or vec.shape[-1] != self.num_params:
+            raise ValueError(
+                f"expected a {expected_dim}-D tensor with last dim {self.num_params}, "
+                f"got {tuple(vec.shape)}"
+            )
+        lead = tuple(vec.shape[:-1])
         out: dict[str, Tensor] = {}
         offset = 0
         for k in self.param_names:
             shape = self.param_shapes[k]
             n = math.prod(shape)
-            out[k] = vec[offset : offset + n].view(shape)
+            out[k] = vec[..., offset : offset + n].reshape(*lead, *shape)
             offset += n
         return out
 

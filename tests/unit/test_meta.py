@@ -21,6 +21,7 @@ from mbmpo_ray.meta import (
     discount_cumsum,
     explained_variance,
     gae,
+    make_gauss_newton_hvp,
     make_hvp,
     mean_kl,
     meta_step,
@@ -32,6 +33,16 @@ from mbmpo_ray.meta import (
 )
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _single_torch_thread():
+    """Run single-threaded: on a loaded 2-core machine torch's intra-op thread pool makes these
+    small tensor programs 10-30x slower (measured 0.6 s -> 20 s for one toy meta-step test)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -120,6 +131,10 @@ def test_policy_log_prob_kl_sample_consistency() -> None:
     vec = policy.flatten(p)
     assert vec.shape == (policy.num_params,)
     assert all(torch.equal(policy.unflatten(vec)[k], p[k]) for k in p)
+    pq = {k: torch.stack([p[k], q[k]]) for k in p}
+    mat = policy.flatten(pq, batched=True)
+    assert mat.shape == (2, policy.num_params) and torch.equal(mat[1], policy.flatten(q))
+    assert all(torch.equal(policy.unflatten(mat, batched=True)[k], pq[k]) for k in p)
     init = policy.init_params(torch.Generator().manual_seed(0))
     assert list(init) == policy.param_names
     assert torch.equal(init["log_std"], torch.zeros(2))
@@ -250,6 +265,32 @@ def test_meta_kl_hvp_through_inner_step_equals_explicit_hessian() -> None:
     point = theta0 + 0.05 * torch.randn_like(theta0)
     hess = torch.autograd.functional.hessian(kl_fn, point)
     torch.testing.assert_close(make_hvp(kl_fn, point)(v), hess @ v, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_gauss_newton_hvp_equals_exact_meta_kl_hessian_at_old_params(steps: int) -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    theta0 = policy.flatten(params)
+    pre = [_task_batch(policy, None, seed=1 + i) for i in range(steps)]
+    post = _task_batch(policy, None, seed=9)
+    old = {k: v.detach() for k, v in adapt_steps(policy, params, pre, 0.3).items()}
+
+    def inner(x: torch.Tensor) -> torch.Tensor:
+        return policy.flatten(adapt_steps(policy, policy.unflatten(x), pre, 0.3), batched=True)
+
+    def outer(y: torch.Tensor) -> torch.Tensor:
+        new = policy.unflatten(y, batched=True)
+        return mean_kl(policy, old, new, post.obs, post.mask)
+
+    def kl_fn(x: torch.Tensor) -> torch.Tensor:
+        return outer(inner(x))
+
+    v = torch.randn(policy.num_params, dtype=F64, generator=torch.Generator().manual_seed(4))
+    hess = torch.autograd.functional.hessian(kl_fn, theta0)
+    gn = make_gauss_newton_hvp(inner, outer, theta0, damping=1e-3)
+    torch.testing.assert_close(gn(v), hess @ v + 1e-3 * v, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(gn(v), make_hvp(kl_fn, theta0, 1e-3)(v), rtol=1e-8, atol=1e-10)
 
 
 def test_line_search_restores_old_params_when_nothing_improves() -> None:
@@ -393,6 +434,7 @@ def test_task_members_uses_every_member_equally() -> None:
         ("gamma", 1.5, "gamma"),
         ("ls_backtrack_ratio", 1.0, "ls_backtrack_ratio"),
         ("num_tasks", 0, "num_tasks"),
+        ("hvp_method", "bfgs", "hvp_method"),
     ],
 )
 def test_meta_config_validate(field: str, value: object, match: str) -> None:
@@ -447,6 +489,8 @@ def _toy_sample_fn(policy, num_tasks=4, n=16, horizon=12, seed=0):
         {"outer_optimizer": "ppo"},
         {"num_inner_steps": 2, "first_order": True},
         {"alpha": 0.0},
+        {"hvp_method": "exact"},
+        {"hvp_method": "first_order"},
     ],
 )
 def test_meta_step_runs_and_improves_toy_problem(overrides: dict) -> None:

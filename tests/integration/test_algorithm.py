@@ -1,0 +1,142 @@
+"""MBMPO on local Ray with tiny configs (seconds per iteration)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import tune_configs
+from mbmpo_ray import MBMPO, MBMPOConfig
+from mbmpo_ray.envs import SUPPORTED_ENV_IDS, register_model_functions
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def tiny(env="Pendulum-v1", **overrides):
+    return tune_configs.load_config("pendulum", "smoke", **overrides).environment(env)
+
+
+def policy_params(algo):
+    return algo.learner_group._learner.module["default_policy"].policy_params()
+
+
+@pytest.mark.parametrize("env_id", SUPPORTED_ENV_IDS)
+def test_smoke_every_supported_env(env_id):
+    algo = tiny(env_id).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        assert result["num_env_steps_sampled_lifetime"] == len(algo.buffer) >= 200
+        assert np.isfinite(result["episode_return_mean"])
+        assert np.isfinite(result["model"]["val_loss_mean"])
+        assert result["num_imagined_steps_lifetime"] > 0
+        assert "post_adaptation_return_mean" in result
+        for phase in ("sample_real", "fit_models", "meta_update", "evaluate_real"):
+            assert result["timers"][phase] > 0
+    finally:
+        algo.stop()
+
+
+def test_remote_runners_and_model_trainers_and_fault_tolerance():
+    import ray
+
+    cfg = tiny(num_model_trainers=2, num_cpus_per_model_trainer=0).env_runners(
+        num_env_runners=2, num_cpus_per_env_runner=0
+    )
+    algo = cfg.build_algo()
+    try:
+        algo.train()
+        n_before = len(algo.buffer)
+        kept = algo.buffer.all()["obs"].copy()
+        # crash one env runner and one model trainer: the next iteration still completes
+        runner = algo.env_runner_group._worker_manager._actors[1]
+        ray.kill(runner, no_restart=False)
+        ray.kill(algo._trainers[0], no_restart=False)
+        result = algo.train()
+        assert len(algo.buffer) == n_before + cfg.real_steps_per_iter
+        np.testing.assert_array_equal(algo.buffer.all()["obs"][:n_before], kept)
+        assert np.isfinite(result["model"]["val_loss_mean"])
+    finally:
+        algo.stop()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    algo = tiny().build_algo()
+    try:
+        algo.train()
+        algo.save_to_path(str(tmp_path))
+        restored = MBMPO.from_checkpoint(str(tmp_path))
+        try:
+            for k, v in algo.buffer.all().items():
+                np.testing.assert_array_equal(v, restored.buffer.all()[k])
+            for k, v in algo.ensemble.state_dict().items():
+                assert torch.equal(v, restored.ensemble.state_dict()[k]), k
+            for k, v in policy_params(algo).items():
+                assert torch.equal(v, policy_params(restored)[k]), k
+            assert restored._counters == algo._counters
+            assert restored.iteration == algo.iteration == 1
+            assert len(restored._adapted_params) == 2
+            assert restored._model_opt_states[0] is not None
+            # continuing after a restore: the next iteration builds on the restored state
+            r1, r2 = algo.train(), restored.train()
+            assert r1["num_real_steps_lifetime"] == r2["num_real_steps_lifetime"] == 200
+            assert restored.iteration == 2
+        finally:
+            restored.stop()
+    finally:
+        algo.stop()
+
+
+def test_evaluate_pre_and_post_adaptation():
+    algo = tiny().build_algo()
+    try:
+        algo.train()
+        res = algo.evaluate(num_episodes=2)
+        assert len(res["episode_returns"]) >= 2
+        assert np.isfinite(res["post_adaptation_return_mean"])
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(num_tasks=3), "multiple of ensemble_size"),
+        (dict(inner_lr=-0.1), "inner_lr"),
+        (dict(horizon=0), "horizon"),
+        (dict(num_model_trainers=5), "num_model_trainers"),
+        (dict(outer_optimizer="adam"), "outer_optimizer"),
+    ],
+)
+def test_validate_rejects_bad_settings(settings, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**settings).validate()
+
+
+def test_validate_rejects_env_without_model_functions():
+    with pytest.raises(ValueError, match="register_model_functions"):
+        MBMPOConfig().environment("MountainCarContinuous-v0").validate()
+
+
+def test_discrete_action_space_is_rejected():
+    register_model_functions(
+        "CartPole-v1", lambda o, a, n: o[..., 0] * 0 + 1, lambda n: n[..., 0] > 1e9
+    )
+    with pytest.raises(ValueError, match="continuous"):
+        MBMPOConfig().validate_spaces(gym.make("CartPole-v1").observation_space,
+                                      gym.make("CartPole-v1").action_space)
+
+
+def test_tune_runs_registered_name(tmp_path):
+    from ray import tune
+
+    tuner = tune.Tuner(
+        "MBMPO",
+        param_space=tiny(),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), stop={"training_iteration": 1}, verbose=0
+        ),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    assert results[0].metrics["num_real_steps_lifetime"] == 100
