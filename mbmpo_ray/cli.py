@@ -196,8 +196,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not path.exists():
         raise CLIError(f"checkpoint {path} does not exist")
     _init_ray(args.address)
-    import mbmpo_ray  # noqa: F401  (registers MBMPO)
     from ray.rllib.algorithms.algorithm import Algorithm
+
+    import mbmpo_ray  # noqa: F401  (registers MBMPO)
 
     algo = Algorithm.from_checkpoint(str(path.resolve()))
     try:

@@ -28,7 +28,7 @@ def _make_model_env(env_ctx: Any, *, env_id: str, horizon: int) -> gym.Env:
 TRAINING_DEFAULTS: dict[str, tuple[Any, str]] = {
     # real data
     "initial_random_steps": (5000, "real env steps with uniform random actions before training"),
-    "real_steps_per_iter": (4000, "real env steps per iteration, spread over the K adapted policies"),
+    "real_steps_per_iter": (4000, "real env steps per iteration, split over K adapted policies"),
     "buffer_capacity": (1_000_000, "capacity of the real transition buffer (paper: 1e5)"),
     # dynamics ensemble
     "ensemble_size": (5, "K, dynamics models in the ensemble"),

@@ -109,7 +109,7 @@ class MBMPOTorchLearner(TorchLearner):
 
         # Adapted policies theta'_k of the updated theta, one per member, for real sampling.
         task_params = policy.expand_params(params, T)
-        for step in range(meta_cfg.num_inner_steps):
+        for _ in range(meta_cfg.num_inner_steps):
             tb = process_batch(
                 policy, task_params, sample_fn(task_params), meta_cfg.gamma,
                 meta_cfg.gae_lambda, meta_cfg.normalize_advantages, meta_cfg.baseline_reg_coeff,

@@ -191,7 +191,8 @@ class MBMPO(Algorithm):
         if random:
             n_jobs = max(1, self.env_runner_group.num_healthy_remote_workers())
             per = math.ceil(cfg.initial_random_steps / n_jobs)
-            jobs = [(j, None, {"num_timesteps": per, "random_actions": True}) for j in range(n_jobs)]
+            kwargs = {"num_timesteps": per, "random_actions": True}
+            jobs = [(j, None, kwargs) for j in range(n_jobs)]
         else:
             per = math.ceil(cfg.real_steps_per_iter / K)
             params = self._adapted_params or [None] * K  # None: the runners' current theta
@@ -227,13 +228,10 @@ class MBMPO(Algorithm):
                     results.update(_run_jobs(group.local_env_runner, [j], low, high))
             else:
                 per_runner = [pending[i:: len(ids)] for i in range(len(ids))]
-                funcs = [
-                    (lambda r, js=js: _run_jobs(r, js, low, high)) for js in per_runner
-                ]
-                used = [i for i, js in zip(ids, per_runner) if js]
-                funcs = [f for f, js in zip(funcs, per_runner) if js]
+                used = [(i, js) for i, js in zip(ids, per_runner, strict=True) if js]
+                funcs = [(lambda r, js=js: _run_jobs(r, js, low, high)) for _, js in used]
                 for chunk in group.foreach_env_runner(
-                    funcs, local_env_runner=False, remote_worker_ids=used
+                    funcs, local_env_runner=False, remote_worker_ids=[i for i, _ in used]
                 ):
                     results.update(chunk)
             pending = [j for j in pending if j[0] not in results]
@@ -277,7 +275,7 @@ class MBMPO(Algorithm):
         val, train, epochs = np.zeros(K), np.zeros(K), np.zeros(K)
         diverged = False
         for g, (members, (state, result, opt_state)) in enumerate(
-            zip(self._member_groups, outs)
+            zip(self._member_groups, outs, strict=True)
         ):
             if result.diverged:  # the trainer restored the pre-fit weights; keep ours
                 diverged = True
