@@ -29,6 +29,10 @@ class MBMPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
         super().build()
+        # One intra-op thread per reserved CPU: the meta step is many small kernels, and
+        # oversubscribing cores shared with env runners / model trainers slows it ~10x.
+        cpus = self.config.num_cpus_per_learner
+        torch.set_num_threads(max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1)
         self._ensemble: DynamicsEnsemble | None = None
 
     @override(TorchLearner)

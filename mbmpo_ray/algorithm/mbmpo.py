@@ -25,6 +25,7 @@ from mbmpo_ray.models import DynamicsEnsemble
 
 MBMPO_STATE = "mbmpo"
 _MAX_SAMPLE_RETRIES = 3
+_LAST = {"reduce": "mean", "window": 1}  # phase timers report this iteration's seconds
 
 
 def _episodes_to_arrays(episodes, act_low, act_high) -> dict[str, Any]:
@@ -120,18 +121,18 @@ class MBMPO(Algorithm):
         seed = (cfg.seed or 0) * 1_000_003 + self._counters["iterations"]
 
         # 1-2. real data into the buffer
-        with self.metrics.log_time((TIMERS, "sample_real")):
+        with self.metrics.log_time((TIMERS, "sample_real"), **_LAST):
             new = self._sample_real()
         self.buffer.add(new["obs"], new["act"], new["next_obs"], new["reward"], new["done"])
         n_new = len(new["reward"])
         self._counters["real_steps"] += n_new
 
         # 3. fit the ensemble
-        with self.metrics.log_time((TIMERS, "fit_models")):
+        with self.metrics.log_time((TIMERS, "fit_models"), **_LAST):
             fit = self._fit_ensemble(seed)
 
         # 4. meta-policy optimisation on the Learner
-        with self.metrics.log_time((TIMERS, "meta_update")):
+        with self.metrics.log_time((TIMERS, "meta_update"), **_LAST):
             data = self.buffer.all()
             start_ref = ray.put(data["obs"])
             state_ref = ray.put({k: v.cpu() for k, v in self.ensemble.state_dict().items()})
@@ -157,7 +158,7 @@ class MBMPO(Algorithm):
             )
 
         # 6. real return of the pre-update policy (mean action), as the paper reports
-        with self.metrics.log_time((TIMERS, "evaluate_real")):
+        with self.metrics.log_time((TIMERS, "evaluate_real"), **_LAST):
             ev = self._evaluate_real(cfg.eval_episodes_per_iter)
         self._counters["iterations"] += 1
         self._log_iteration(new, fit, meta["diagnostics"], ev, n_new)

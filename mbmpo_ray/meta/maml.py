@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mbmpo_ray.imagination import task_members
 from mbmpo_ray.meta.optim import make_gauss_newton_hvp, make_hvp, trpo_step
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import (
@@ -144,22 +145,6 @@ class MetaConfig:
             if not ok:
                 raise ValueError(f"MetaConfig: {msg}")
         return self
-
-
-def task_members(num_tasks: int, ensemble_size: int) -> Tensor:
-    """Ensemble member used by each task: ``member[t] = t // (T // K)`` (LongTensor of length T).
-
-    Every member serves exactly ``T / K`` consecutive tasks. Raises ``ValueError`` unless
-    ``num_tasks`` is a positive multiple of ``ensemble_size``.
-    """
-    if ensemble_size < 1:
-        raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
-    if num_tasks < 1 or num_tasks % ensemble_size != 0:
-        raise ValueError(
-            f"num_tasks ({num_tasks}) must be a positive multiple of ensemble_size "
-            f"({ensemble_size}) so every member gets the same number of tasks"
-        )
-    return torch.arange(num_tasks, dtype=torch.long) // (num_tasks // ensemble_size)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -509,7 +494,8 @@ def meta_step(
         ``(new_params, diagnostics)``. Diagnostics: ``pre_return_per_task`` /
         ``post_return_per_task`` (arrays of length T, mean undiscounted imagined return) and
         their ``*_mean``, ``adaptation_gain``, ``surrogate_before/after``, ``kl_after``,
-        ``ls_steps``, ``ls_accepted``, ``outer_grad_norm``, ``inner_grad_norm`` (mean over tasks
+        ``ls_steps``, ``ls_accepted`` (1.0/0.0), ``ls_step_fraction`` and ``trpo_step_size``
+        (TRPO only), ``outer_grad_norm``, ``inner_grad_norm`` (mean over tasks
         of the first inner step) and ``inner_grad_norm_per_task``, ``baseline_ev_pre/post``,
         ``policy_std_mean``, ``entropy``, ``task_members`` (if ``ensemble_size``) and
         ``time_sample`` / ``time_optimize`` seconds.

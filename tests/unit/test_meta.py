@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,12 +22,15 @@ from mbmpo_ray.meta import (
     discount_cumsum,
     explained_variance,
     gae,
+    imagined_return,
     make_gauss_newton_hvp,
     make_hvp,
+    masked_mean,
     mean_kl,
     meta_step,
     normalize_advantages,
     outer_surrogate,
+    ppo_surrogate,
     process_batch,
     task_members,
     trpo_step,
@@ -53,9 +57,7 @@ def _tiny_policy(obs_dim: int = 3, act_dim: int = 2, obs_start: int = 0) -> Gaus
 def _random_params(policy: GaussianMLPPolicy, seed: int = 0) -> dict[str, torch.Tensor]:
     """Float64 params with non-trivial output layer and log-std (init scales them down)."""
     g = torch.Generator().manual_seed(seed)
-    return {
-        k: 0.5 * torch.randn(s, generator=g, dtype=F64) for k, s in policy.param_shapes.items()
-    }
+    return {k: 0.5 * torch.randn(s, generator=g, dtype=F64) for k, s in policy.param_shapes.items()}
 
 
 def _task_batch(
@@ -175,9 +177,11 @@ def test_discounting_and_gae_match_hand_loop() -> None:
 
 def test_normalize_advantages_per_task_and_explained_variance() -> None:
     g = torch.Generator().manual_seed(0)
-    adv = torch.randn(3, 4, 5, generator=g, dtype=F64) * torch.tensor([1.0, 10.0, 100.0]).view(
-        3, 1, 1
-    ).to(F64) + 5.0
+    adv = (
+        torch.randn(3, 4, 5, generator=g, dtype=F64)
+        * torch.tensor([1.0, 10.0, 100.0]).view(3, 1, 1).to(F64)
+        + 5.0
+    )
     mask = torch.ones_like(adv)
     mask[1, :, 3:] = 0.0
     out = normalize_advantages(adv, mask)
@@ -412,6 +416,44 @@ def test_inner_step_is_per_task_vanilla_policy_gradient() -> None:
             torch.testing.assert_close(tp[k][t], v + 0.1 * gk)
 
 
+def test_ppo_surrogate_clips_and_matches_unclipped_at_old_params() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    tp = policy.expand_params(params, 2)
+    post = _task_batch(policy, tp, seed=3)
+    torch.testing.assert_close(ppo_surrogate(policy, tp, post), outer_surrogate(policy, tp, post))
+    torch.testing.assert_close(
+        outer_surrogate(policy, tp, post), masked_mean(post.advantages, post.mask, (1, 2)).mean()
+    )
+    # every ratio = e > 1 + clip with positive advantages: the clipped objective is flat
+    with torch.no_grad():
+        logp = policy.log_prob(tp, post.obs, post.actions, batched=True)
+    far = TaskBatch(
+        post.obs,
+        post.actions,
+        post.mask,
+        post.advantages.abs(),
+        logp - 1.0,
+        post.returns,
+        post.values,
+    )
+    theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    tp_theta = policy.expand_params(theta, 2)
+    grads = torch.autograd.grad(ppo_surrogate(policy, tp_theta, far, 0.2), list(theta.values()))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    expected = 1.2 * masked_mean(far.advantages, far.mask, (1, 2)).mean()
+    torch.testing.assert_close(ppo_surrogate(policy, tp_theta, far, 0.2), expected)
+
+
+def test_imagined_return_and_masked_mean() -> None:
+    rewards = torch.tensor([[[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]])
+    mask = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]])
+    batch = SimpleNamespace(rewards=rewards, mask=mask)
+    torch.testing.assert_close(imagined_return(batch), torch.tensor([3.0]))
+    torch.testing.assert_close(masked_mean(rewards, mask), torch.tensor(6.0 / 5.0))
+    torch.testing.assert_close(masked_mean(rewards, mask, (1, 2)), torch.tensor([6.0 / 5.0]))
+
+
 # ------------------------------------------------------------------------------------- config
 def test_task_members_uses_every_member_equally() -> None:
     for num_tasks, k in [(20, 5), (5, 5), (6, 3), (4, 1), (12, 4)]:
@@ -507,8 +549,16 @@ def test_meta_step_runs_and_improves_toy_problem(overrides: dict) -> None:
     assert diag["pre_return_per_task"].shape == (4,)
     assert diag["post_return_per_task"].shape == (4,)
     np.testing.assert_array_equal(diag["task_members"], [0, 0, 1, 1])
-    for key in ("surrogate_before", "surrogate_after", "kl_after", "inner_grad_norm",
-                "baseline_ev_pre", "baseline_ev_post", "ls_steps", "ls_accepted"):
+    for key in (
+        "surrogate_before",
+        "surrogate_after",
+        "kl_after",
+        "inner_grad_norm",
+        "baseline_ev_pre",
+        "baseline_ev_post",
+        "ls_steps",
+        "ls_accepted",
+    ):
         assert np.isfinite(diag[key]), key
     if cfg.outer_optimizer == "trpo":
         assert diag["kl_after"] <= cfg.max_kl * (1 + 1e-6)
