@@ -63,12 +63,12 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, title: str | None
             ys = np.stack([r[key][:n] for r in usable])
             with warnings.catch_warnings():  # all-NaN columns (e.g. no adapted policy yet)
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(ys, 0)
+                mean, low, high = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
             style = "-" if key == "episode_return_mean" else "--"
             name = f"{label}: {desc}" + (f" (n={len(usable)})" if len(usable) > 1 else "")
             line, = ax.plot(x, mean, style, marker="o", ms=3, label=name)
             if len(usable) > 1:
-                ax.fill_between(x, np.nanmin(ys, 0), np.nanmax(ys, 0), alpha=0.2,
+                ax.fill_between(x, low, high, alpha=0.2,
                                 color=line.get_color())
     ax.set_xlabel("real environment steps")
     ax.set_ylabel("episode return")
