@@ -70,6 +70,10 @@ def spread(xs: Sequence[float]) -> str:
     return f"{min(xs):.2f}-{max(xs):.2f}"
 
 
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
 # ----------------------------------------------------------------------------------- report
 def utc_date() -> str:
     """The date as ``date -u +%F`` prints it."""

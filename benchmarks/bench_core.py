@@ -149,10 +149,6 @@ def fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "MISSED"
-
-
 # ------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -438,7 +434,7 @@ def main() -> None:
         ]
         verdicts.append(
             f"- (a) threads={nt}: `imagine` is {sp_gym:.1f}x the gym env stepped with a batch of "
-            f"1, target >= 20x **{verdict(sp_gym >= 20)}**; against the per-member vector env "
+            f"1, target >= 20x **{C.verdict(sp_gym >= 20)}**; against the per-member vector env "
             f"(legacy RLlib) it is {sp_vec:.2f}x"
             + ("." if sp_vec >= 20 else ", i.e. the 20x target does NOT hold against that "
                "baseline.")
@@ -456,7 +452,7 @@ def main() -> None:
                        f"{fmt_rate(ref16)}FLOP/s ({bf16_gain:.1f}x fp32 bmm)"])
         verdicts.append(
             f"- (c) threads={nt}: imagination runs at {C.median(fr):.0%} of the same-shape "
-            f"`torch.bmm` FLOP/s, target >= 50% **{verdict(C.median(fr) >= 0.5)}**."
+            f"`torch.bmm` FLOP/s, target >= 50% **{C.verdict(C.median(fr) >= 0.5)}**."
         )
         # (b)
         sp_s, sp_s_rng = paired(tb, nt, "batched", n_grad, "singles", n_grad)
@@ -484,7 +480,7 @@ def main() -> None:
         verdicts.append(
             f"- (b) threads={nt}: batched ensemble training is {sp_s:.2f}x {K} separate K=1 "
             f"ensembles, {sp_p:.2f}x plain MLPs and {sp_f:.2f}x for a whole `fit_ensemble` "
-            f"epoch; target >= 3x **{verdict(min(sp_s, sp_p) >= 3)}**. The batched step runs at "
+            f"epoch; target >= 3x **{C.verdict(min(sp_s, sp_p) >= 3)}**. The batched step runs at "
             f"{train_fr:.0%} of the same-run bmm FLOP/s (forward + backward = 3x forward FLOPs)."
         )
     rows_t = []

@@ -64,7 +64,8 @@ TRAINING_DEFAULTS: dict[str, tuple[Any, str]] = {
     "policy_activation": ("tanh", "activation of the policy"),
     "init_log_std": (0.0, "initial log standard deviation of the policy"),
     # reporting
-    "eval_episodes_per_iter": (5, "real episodes per iteration with the pre-update mean action"),
+    "eval_episodes_per_iter": (5, "real episodes per iteration with the pre-update policy"),
+    "eval_explore": (True, "evaluate the stochastic policy as sampled (False: mean action)"),
 }
 
 

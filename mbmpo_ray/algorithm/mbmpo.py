@@ -157,7 +157,7 @@ class MBMPO(Algorithm):
                 from_worker_or_learner_group=self.learner_group, inference_only=True
             )
 
-        # 6. real return of the pre-update policy (mean action), as the paper reports
+        # 6. real return of the pre-update policy, as the paper reports
         with self.metrics.log_time((TIMERS, "evaluate_real"), **_LAST):
             ev = self._evaluate_real(cfg.eval_episodes_per_iter)
         self._counters["iterations"] += 1
@@ -207,7 +207,8 @@ class MBMPO(Algorithm):
             return {"episode_returns": [], "episode_lengths": []}
         n_runners = max(1, self.env_runner_group.num_healthy_remote_workers())
         per = [len(c) for c in np.array_split(np.arange(num_episodes), n_runners) if len(c)]
-        jobs = [(j, None, {"num_episodes": n, "explore": False}) for j, n in enumerate(per)]
+        explore = self.config.eval_explore
+        jobs = [(j, None, {"num_episodes": n, "explore": explore}) for j, n in enumerate(per)]
         out = self._run_on_runners(jobs)
         self._counters["eval_steps"] += len(out["reward"])
         return out
@@ -293,7 +294,9 @@ class MBMPO(Algorithm):
 
     @override(Algorithm)
     def evaluate(self, *args, num_episodes: int | None = None, **kwargs) -> dict[str, Any]:
-        """Real-env returns of the pre-update policy and of the adapted policies (mean actions).
+        """Real-env returns of the pre-update policy and of the adapted policies.
+
+        Both are sampled as in training (``eval_explore=True``) or with the mean action.
 
         Args:
             num_episodes: episodes per policy kind (default ``eval_episodes_per_iter``, min 1);
@@ -306,7 +309,8 @@ class MBMPO(Algorithm):
         if self._adapted_params is not None:
             K = self.config.ensemble_size
             counts = [len(c) for c in np.array_split(np.arange(n), K)]
-            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": False})
+            explore = self.config.eval_explore
+            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": explore})
                     for k, c in enumerate(counts) if c]
             post = self._run_on_runners(jobs)
             out["post_adaptation_return_mean"] = float(np.mean(post["episode_returns"]))

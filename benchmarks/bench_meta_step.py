@@ -1,0 +1,573 @@
+"""Wall time of one MB-MPO meta step at paper sizes (HalfCheetah-v5, CPU), split into pieces.
+
+Paper sizes: K = 5 members of (512, 512), T = 20 tasks x N = 50 rollouts x H = 200 steps (so two
+imaginations of 200,000 transitions each), policy (32, 32) tanh, TRPO outer step (10 CG
+iterations, up to 15 line-search steps), second-order MAML.
+
+Every repetition runs, interleaved (rotating order) and with the same seed:
+
+* ``meta_step``: :func:`mbmpo_ray.meta.meta_step` end to end (the code path the learner runs);
+* ``pieces``: the same meta step re-assembled from the public functions (``imagine``,
+  ``process_batch``, ``inner_gradients``, ``adapt``, ``adapt_steps``, ``outer_surrogate``,
+  ``mean_kl``, ``make_hvp``, ``conjugate_gradient``, ``backtracking_line_search``) the way
+  ``meta_step`` / ``trpo_meta_update`` / ``trpo_step`` call them, with a stopwatch between calls.
+  Its new parameters are checked against ``meta_step``'s (same seed, same result);
+* baselines: ``meta_step`` with ``first_order=True`` and one ``imagine`` call alone.
+
+``--what-if`` also times, on each repetition's own batches, cheaper TRPO curvature products
+(first-order inner step in the KL, fewer rollouts) and reports how far their search directions
+are from the exact one; ``--profile`` runs one meta step under ``torch.profiler``.
+
+Run from the repo root::
+
+    .venv/bin/python benchmarks/bench_meta_step.py                 # paper sizes (~4-5 min)
+    .venv/bin/python benchmarks/bench_meta_step.py --what-if --profile
+    .venv/bin/python benchmarks/bench_meta_step.py --quick         # smoke test, small sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import time
+
+import _common as C
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import mbmpo_ray.meta.maml as maml_mod
+import mbmpo_ray.meta.optim as optim_mod
+from mbmpo_ray.envs import get_env_spec
+from mbmpo_ray.imagination import imagine
+from mbmpo_ray.meta import (
+    GaussianMLPPolicy,
+    MetaConfig,
+    TaskBatch,
+    adapt,
+    adapt_steps,
+    conjugate_gradient,
+    explained_variance,
+    imagined_return,
+    inner_gradients,
+    mean_kl,
+    meta_step,
+    process_batch,
+    trpo_meta_update,
+)
+
+K = 5
+HIDDEN = (512, 512)
+POLICY_HIDDEN = (32, 32)
+
+PIECES = {
+    "imagine_pre": "imagination, pre-update (`imagine`)",
+    "process_pre": "`process_batch` pre (returns, linear baseline, GAE, old log-probs)",
+    "inner_diag": "inner-step diagnostics (`inner_gradients` norms, explained variance)",
+    "adapt": "inner step (`adapt`, first order as in `meta_step`)",
+    "imagine_post": "imagination, post-update (`imagine`)",
+    "process_post": "`process_batch` post (+ return diagnostics)",
+    "trpo_grad": "TRPO: surrogate gradient through the inner step (+ old adapted params)",
+    "trpo_hvp_setup": "TRPO: HVP setup (graphs built once by the HVP builder)",
+    "trpo_cg": "TRPO: CG (`cg_iters` HVPs)",
+    "trpo_shs": "TRPO: step-size HVP (`s^T H s`)",
+    "trpo_ls": "TRPO: line search",
+    "other": "rest (entropy, copies)",
+}
+IMAGINATION = ("imagine_pre", "imagine_post")
+INNER = ("process_pre", "inner_diag", "adapt", "process_post")
+TRPO = ("trpo_grad", "trpo_hvp_setup", "trpo_cg", "trpo_shs", "trpo_ls")
+HVP_BUILDERS = ("make_hvp", "make_gauss_newton_hvp")
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+@contextlib.contextmanager
+def instrument_trpo(acc: dict):
+    """Time, from outside, what ``trpo_meta_update`` / ``trpo_step`` call: the HVP builders,
+    every HVP product, ``conjugate_gradient`` and ``backtracking_line_search`` (by wrapping
+    the module globals they are looked up through; restored on exit). Also keeps the CG
+    right-hand side (the surrogate gradient) and solution (the search direction)."""
+    acc.update(setup=0.0, cg=0.0, hvp=0.0, hvp_in_cg=0.0, ls=0.0, n_hvp=0, in_cg=False)
+
+    def wrap_builder(fn):
+        def builder(*a, **kw):
+            t0 = time.perf_counter()
+            hvp = fn(*a, **kw)
+            acc["setup"] += time.perf_counter() - t0
+
+            def timed_hvp(v):
+                t1 = time.perf_counter()
+                out = hvp(v)
+                dt = time.perf_counter() - t1
+                acc["hvp"] += dt
+                acc["n_hvp"] += 1
+                if acc["in_cg"]:
+                    acc["hvp_in_cg"] += dt
+                return out
+
+            return timed_hvp
+
+        return builder
+
+    def wrap_cg(fn):
+        def cg(avp, b, *a, **kw):
+            acc["in_cg"] = True
+            t0 = time.perf_counter()
+            try:
+                x = fn(avp, b, *a, **kw)
+            finally:
+                acc["in_cg"] = False
+            acc["cg"] += time.perf_counter() - t0
+            acc["grad"], acc["direction"] = b.detach().clone(), x.detach().clone()
+            return x
+
+        return cg
+
+    def wrap_ls(fn):
+        def ls(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            acc["ls"] += time.perf_counter() - t0
+            return out
+
+        return ls
+
+    patches = []
+    for module in (maml_mod, optim_mod):
+        for name in HVP_BUILDERS:
+            if hasattr(module, name):
+                patches.append((module, name, wrap_builder))
+    if hasattr(optim_mod, "conjugate_gradient"):
+        patches.append((optim_mod, "conjugate_gradient", wrap_cg))
+    if hasattr(optim_mod, "backtracking_line_search"):
+        patches.append((optim_mod, "backtracking_line_search", wrap_ls))
+    originals = [(m, n, getattr(m, n)) for m, n, _ in patches]
+    try:
+        for m, n, wrapper in patches:
+            setattr(m, n, wrapper(getattr(m, n)))
+        yield acc
+    finally:
+        for m, n, fn in originals:
+            setattr(m, n, fn)
+
+
+def detach(params):
+    return {k: v.detach() for k, v in params.items()}
+
+
+def subsample(batch: TaskBatch, every: int) -> TaskBatch:
+    """Every ``every``-th rollout of each task (what-if: curvature on fewer rollouts)."""
+    return TaskBatch(*(getattr(batch, f.name)[:, ::every] for f in dataclasses.fields(batch)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke test: N=10, H=50, 2 reps")
+    size.add_argument("--full", action="store_true",
+                      help="5 repetitions, and a whole meta step per thread count")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the main table (default 1, see the threads table)")
+    ap.add_argument("--compare-threads", default="1,2",
+                    help="thread counts of the threads table ('' to skip)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
+    ap.add_argument("--what-if", action="store_true",
+                    help="time cheaper TRPO curvature products and bf16 imagination")
+    ap.add_argument("--profile", action="store_true",
+                    help="run one meta step under torch.profiler and report the top ops")
+    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = ap.parse_args()
+
+    load_before = C.load_average()
+    reps = args.reps or (2 if args.quick else 5 if args.full else 3)
+    num_tasks, rollouts, horizon = (20, 10, 50) if args.quick else (20, 50, 200)
+    cmp_threads = [int(t) for t in args.compare_threads.split(",") if t.strip()]
+    torch.set_num_threads(args.threads)
+
+    spec = get_env_spec(C.ENV_ID)
+    t_setup = time.perf_counter()
+    data = C.collect_halfcheetah(num_episodes=50)
+    ens = C.fitted_ensemble(data, epochs=1 if args.quick else 3, hidden=HIDDEN, k=K)
+    print(f"setup: {data['source']}, ensemble fitted ({time.perf_counter() - t_setup:.1f} s)")
+    start_pool = torch.from_numpy(data["obs"])
+    low, high = torch.as_tensor(data["low"]), torch.as_tensor(data["high"])
+
+    policy = GaussianMLPPolicy(
+        C.OBS_DIM, C.ACT_DIM, POLICY_HIDDEN, "tanh", obs_start=spec.policy_obs_start
+    )
+    params0 = policy.init_params(torch.Generator().manual_seed(0))
+    cfg = MetaConfig(num_tasks=num_tasks).validate()
+    cfg_fo = dataclasses.replace(cfg, first_order=True)
+    assert cfg.num_inner_steps == 1 and cfg.outer_optimizer == "trpo"
+
+    def make_sample_fn(seed: int, steps: int = horizon, bf16: bool = False):
+        """Like the learner's ``sample_fn``: random real start states, then ``imagine``."""
+        gen = torch.Generator().manual_seed(seed)
+
+        def sample_fn(task_params, generator=None):
+            idx = torch.randint(len(start_pool), (num_tasks, rollouts), generator=gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return imagine(
+                    ens,
+                    lambda obs, g: policy.sample(task_params, obs, g, batched=True),
+                    start_pool[idx],
+                    steps,
+                    spec.reward_fn,
+                    spec.termination_fn,
+                    action_low=low,
+                    action_high=high,
+                    generator=gen,
+                    deterministic_model=True,
+                )
+
+        return sample_fn
+
+    def process(task_params, raw):
+        return process_batch(policy, task_params, raw, cfg.gamma, cfg.gae_lambda,
+                             cfg.normalize_advantages, cfg.baseline_reg_coeff)
+
+    # ------------------------------------------------------------------ the pieces
+    def run_pieces(seed: int, config: MetaConfig = cfg, keep: dict | None = None):
+        """``meta_step``'s calls made one by one, with a stopwatch between them; TRPO is the
+        library's ``trpo_meta_update``, split by :func:`instrument_trpo`."""
+        sample = make_sample_fn(seed)
+        sw = Stopwatch()
+        params = detach(params0)
+        task_params = policy.expand_params(params, num_tasks)
+        raw = sample(task_params)
+        sw.lap("imagine_pre")
+        tb = process(task_params, raw)
+        sw.lap("process_pre")
+        pre_ret = imagined_return(raw).detach().double().numpy()
+        explained_variance(tb.values, tb.returns, tb.mask)
+        _, g = inner_gradients(policy, task_params, tb, create_graph=False)
+        sq = sum(v.detach().pow(2).reshape(num_tasks, -1).sum(-1) for v in g.values())
+        torch.sqrt(sq).double().numpy()
+        sw.lap("inner_diag")
+        task_params = detach(
+            adapt(policy, task_params, tb, config.alpha, first_order=True, batched_params=True)
+        )
+        sw.lap("adapt")
+        raw_post = sample(task_params)
+        sw.lap("imagine_post")
+        post = process(task_params, raw_post)
+        post_ret = imagined_return(raw_post).detach().double().numpy()
+        explained_variance(post.values, post.returns, post.mask)
+        sw.lap("process_post")
+        with instrument_trpo({}) as acc:
+            new_params, info = trpo_meta_update(policy, params, [tb], post, config)
+        t_trpo = time.perf_counter() - sw.t
+        shs = acc["hvp"] - acc["hvp_in_cg"]
+        sw.times["trpo_hvp_setup"] = acc["setup"]
+        sw.times["trpo_cg"] = acc["cg"]
+        sw.times["trpo_shs"] = shs
+        sw.times["trpo_ls"] = acc["ls"]
+        sw.times["trpo_grad"] = t_trpo - acc["setup"] - acc["cg"] - shs - acc["ls"]
+        sw.t += t_trpo
+        float(new_params["log_std"].exp().mean())
+        float(policy.entropy(new_params))
+        sw.lap("other")
+        if keep is not None:
+            keep.update(new_params=new_params, tb=tb, post=post, info=info,
+                        grad=acc.get("grad"), direction=acc.get("direction"),
+                        n_hvp=acc["n_hvp"], adaptation_gain=float(post_ret.mean() - pre_ret.mean()))
+        return sw.times
+
+    # ------------------------------------------------------------------ what-ifs
+    def hvp_method_whatif(keep: dict, method: str):
+        """``trpo_meta_update`` on this repetition's batches with another ``hvp_method``:
+        time of HVP setup + CG + step-size HVP, and the cosine of its search direction with
+        the default's."""
+        config = dataclasses.replace(cfg, hvp_method=method)
+        with instrument_trpo({}) as acc:
+            trpo_meta_update(policy, detach(params0), [keep["tb"]], keep["post"], config)
+        return acc["setup"] + acc["cg"] + (acc["hvp"] - acc["hvp_in_cg"]), acc["direction"]
+
+    def subsample_whatif(keep: dict, every: int):
+        """The Gauss-Newton product (as ``trpo_meta_update`` builds it) on every ``every``-th
+        rollout only; CG on the same gradient."""
+        pre, post = [subsample(keep["tb"], every)], subsample(keep["post"], every)
+        theta0 = policy.flatten(params0).detach()
+        old = detach(adapt_steps(policy, policy.unflatten(theta0), pre, cfg.alpha, True))
+
+        def inner(x):
+            adapted = adapt_steps(policy, policy.unflatten(x), pre, cfg.alpha, cfg.first_order)
+            return policy.flatten(adapted, batched=True)
+
+        def outer(y):
+            return mean_kl(policy, old, policy.unflatten(y, batched=True), post.obs, post.mask)
+
+        t0 = time.perf_counter()
+        hvp = optim_mod.make_gauss_newton_hvp(inner, outer, theta0, damping=cfg.cg_damping)
+        direction = conjugate_gradient(hvp, keep["grad"], iters=cfg.cg_iters)
+        float(torch.dot(direction, hvp(direction)))
+        return time.perf_counter() - t0, direction
+
+    def cosine(a, b) -> float:
+        return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+    # ------------------------------------------------------------------ measure
+    def run_meta_step(seed: int, config: MetaConfig, out: dict | None = None):
+        new, diag = meta_step(policy, detach(params0), make_sample_fn(seed), config)
+        if out is not None:
+            out.update(new_params=new, diag=diag)
+
+    # warm-up at small sizes (allocators, oneDNN kernel choice)
+    make_sample_fn(0, steps=2)(policy.expand_params(params0, num_tasks))
+
+    records: list[dict] = []
+    what_if: list[dict] = []
+    t_meas = time.perf_counter()
+    for r in range(reps):
+        seed = 100 + r
+        rec: dict = {}
+        keep: dict = {}
+        ms_out: dict = {}
+        variants = {
+            "meta_step": lambda: run_meta_step(seed, cfg, ms_out),  # noqa: B023
+            "pieces": lambda: rec.update(split=run_pieces(seed, cfg, keep)),  # noqa: B023
+            "meta_step_fo": lambda: run_meta_step(seed, cfg_fo),  # noqa: B023
+            "imagine": lambda: make_sample_fn(seed)(  # noqa: B023
+                policy.expand_params(params0, num_tasks)
+            ),
+        }
+        names = list(variants)
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            variants[name]()
+            rec[name] = time.perf_counter() - t0
+        diff = max(
+            float((ms_out["new_params"][k] - keep["new_params"][k]).abs().max())
+            for k in keep["new_params"]
+        )
+        rec["param_diff"] = diff
+        rec["n_hvp"] = keep["n_hvp"]
+        rec["ls_steps_meta"] = ms_out["diag"]["ls_steps"]
+        rec["accepted"] = ms_out["diag"]["ls_accepted"]
+        records.append(rec)
+        print(f"rep {r + 1}/{reps}: meta_step {rec['meta_step']:.2f} s, pieces "
+              f"{sum(rec['split'].values()):.2f} s, first-order {rec['meta_step_fo']:.2f} s, "
+              f"imagine {rec['imagine']:.2f} s, |param diff| {diff:.1e}")
+        if args.what_if and keep["direction"] is not None:
+            w = {"current": sum(rec["split"][k] for k in ("trpo_hvp_setup", "trpo_cg",
+                                                            "trpo_shs"))}
+            if hasattr(cfg, "hvp_method"):
+                for method in ("exact", "first_order"):
+                    if method != cfg.hvp_method:
+                        w[method], d = hvp_method_whatif(keep, method)
+                        w[method + "_cos"] = cosine(d, keep["direction"])
+            if hasattr(optim_mod, "make_gauss_newton_hvp"):
+                w["sub5"], d = subsample_whatif(keep, 5)
+                w["sub5_cos"] = cosine(d, keep["direction"])
+            t0 = time.perf_counter()
+            make_sample_fn(seed, bf16=True)(policy.expand_params(params0, num_tasks))
+            w["bf16_imagine"] = time.perf_counter() - t0
+            w["fp32_imagine"] = rec["imagine"]
+            what_if.append(w)
+            print("  what-if: " + ", ".join(f"{k} {v:.3g}" for k, v in w.items()))
+    print(f"measured in {time.perf_counter() - t_meas:.0f} s")
+
+    # ------------------------------------------------------------------ threads table
+    rows_t = []
+    if len(cmp_threads) > 1:
+        keep_t: dict = {}
+        torch.set_num_threads(args.threads)
+        run_pieces(7, cfg, keep_t)  # batches for the TRPO timing
+        thread_vars = {}
+        cmp_h = max(horizon // 4, 2)
+        for nt in cmp_threads:
+            def set_nt(nt=nt):
+                torch.set_num_threads(nt)
+
+            thread_vars[(nt, "imagine")] = lambda set_nt=set_nt: (
+                set_nt(), make_sample_fn(1, steps=cmp_h)(policy.expand_params(params0, num_tasks))
+            )
+            thread_vars[(nt, "trpo")] = lambda set_nt=set_nt: (
+                set_nt(),
+                trpo_meta_update(policy, detach(params0), [keep_t["tb"]], keep_t["post"], cfg),
+            )
+            if args.full:
+                thread_vars[(nt, "meta_step")] = lambda set_nt=set_nt: (
+                    set_nt(), run_meta_step(1, cfg)
+                )
+        t0 = time.perf_counter()
+        tt = C.interleaved(thread_vars, 1 if args.full else 2, warmup=False)
+        print(f"threads table measured in {time.perf_counter() - t0:.0f} s")
+        base = cmp_threads[0]
+        for nt in cmp_threads:
+            cells = [nt]
+            for name in ("imagine", "trpo") + (("meta_step",) if args.full else ()):
+                rs = [a / b for a, b in zip(tt[(nt, name)], tt[(base, name)], strict=True)]
+                cells.append(f"{C.median(rs):.2f} ({C.spread(rs)})")
+            rows_t.append(cells)
+        torch.set_num_threads(args.threads)
+
+    # ------------------------------------------------------------------ profile
+    prof_rows = []
+    if args.profile:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            run_meta_step(1, cfg)
+        events = prof.key_averages(group_by_input_shape=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+        for e in top:
+            shapes = str(e.input_shapes)[:60]
+            prof_rows.append([f"`{e.key}`", shapes, e.count,
+                              f"{e.self_cpu_time_total / 1e6:.2f}",
+                              f"{e.self_cpu_time_total / total:.0%}"])
+        by_op: dict[str, float] = {}
+        for e in events:
+            by_op[e.key] = by_op.get(e.key, 0.0) + e.self_cpu_time_total
+        prof_total_s = total / 1e6
+        top_ops = sorted(by_op.items(), key=lambda kv: kv[1], reverse=True)[:8]
+
+    # ------------------------------------------------------------------ tables
+    ms = [r["meta_step"] for r in records]
+    im = [r["imagine"] for r in records]
+    fo = [r["meta_step_fo"] for r in records]
+    pieces_sum = [sum(r["split"].values()) for r in records]
+    med_ms = C.median(ms)
+
+    def piece_row(label, key_times):
+        rel_meta = [t / m for t, m in zip(key_times, ms, strict=True)]
+        rel_im = [t / i for t, i in zip(key_times, im, strict=True)]
+        return [label, f"{C.median(key_times):.2f}", f"{C.median(rel_meta):.1%}",
+                f"{C.median(rel_im):.2f} ({C.spread(rel_im)})"]
+
+    rows = []
+    for key, label in PIECES.items():
+        rows.append(piece_row(label, [r["split"].get(key, 0.0) for r in records]))
+    group_rows = [
+        piece_row("**imagination (pre + post)**",
+                  [sum(r["split"][k] for k in IMAGINATION) for r in records]),
+        piece_row("**inner step (process, diagnostics, adapt)**",
+                  [sum(r["split"][k] for k in INNER) for r in records]),
+        piece_row("**TRPO (gradient, CG, line search)**",
+                  [sum(r["split"].get(k, 0.0) for k in TRPO) for r in records]),
+        piece_row("**sum of the pieces**", pieces_sum),
+        piece_row("**`meta_step` end to end (second order, paper config)**", ms),
+        piece_row("`meta_step` with `first_order=True` (baseline)", fo),
+        piece_row("one `imagine` call alone (baseline)", im),
+    ]
+    ratio_fo = C.median_ratio(ms, fo)
+    ratio_im = C.median_ratio(ms, im)
+    ok = med_ms < 4.0
+    max_diff = max(r["param_diff"] for r in records)
+    ls = sorted({int(r["ls_steps_meta"]) for r in records})
+    head = ["piece", "median s", "share of `meta_step`", "x one `imagine` call (median, min-max)"]
+    body = [
+        *C.header_lines([args.threads], load_before),
+        f"- Sizes: K = {K} members of {HIDDEN}, T = {num_tasks} tasks x N = {rollouts} rollouts "
+        f"x H = {horizon} (= {num_tasks * rollouts * horizon:,} imagined transitions per "
+        f"imagination, twice per meta step), {C.ENV_ID} dims (obs {C.OBS_DIM}, act "
+        f"{C.ACT_DIM}), policy {POLICY_HIDDEN} tanh, `MetaConfig` defaults (TRPO, second "
+        f"order, alpha {cfg.alpha}, {cfg.cg_iters} CG iterations, max KL {cfg.max_kl}); "
+        f"ensemble fitted on {data['source']}; {reps} interleaved repetitions.",
+        f"- Line-search candidates evaluated per meta step: {ls}; the re-assembled pieces "
+        f"reproduce `meta_step`'s new parameters to {max_diff:.1e} (max abs difference).",
+        "",
+        C.markdown_table(head, rows + group_rows),
+        "",
+        f"- **Target < 4 s per meta step: {C.verdict(ok)}** - median {med_ms:.2f} s with "
+        f"{args.threads} thread(s) (min {min(ms):.2f}, max {max(ms):.2f}). Same-run ratios: "
+        f"`meta_step` = **{ratio_im:.1f}x** one `imagine` call and **{ratio_fo:.2f}x** the "
+        f"first-order meta step.",
+    ]
+    if rows_t:
+        head_t = ["threads", f"`imagine` (H={max(horizon // 4, 2)})",
+                  "`trpo_meta_update` (full batch)"]
+        if args.full:
+            head_t.append("`meta_step`")
+        body += [
+            "",
+            f"Threads: wall time relative to {cmp_threads[0]} thread(s) (> 1 = slower):",
+            "",
+            C.markdown_table(head_t, rows_t),
+        ]
+    text = "\n".join(body)
+    print()
+    print(text)
+
+    whatif_text = ""
+    if what_if:
+        cur = [w["current"] for w in what_if]
+        method = getattr(cfg, "hvp_method", "library default")
+        wrows = [[f"`hvp_method={method!r}` (current default), all rollouts",
+                  f"{C.median(cur):.2f}", "1 (reference)", "1", f"{med_ms:.2f}"]]
+        labels = {
+            "exact": "`hvp_method='exact'` (autodiff of the KL through the inner step, "
+                     "3rd order)",
+            "first_order": "`hvp_method='first_order'` (Fisher of the adapted policies, "
+                           "inner-step Jacobian ignored)",
+            "sub5": f"`hvp_method={method!r}` on every 5th rollout only",
+        }
+        for name, label in labels.items():
+            if name not in what_if[0]:
+                continue
+            t = [w[name] for w in what_if]
+            sp = [c / x for c, x in zip(cur, t, strict=True)]
+            cos = C.median([w[name + "_cos"] for w in what_if])
+            proj = med_ms - C.median(cur) + C.median(t)
+            wrows.append([label, f"{C.median(t):.2f}", f"{C.median(sp):.2f}x ({C.spread(sp)})",
+                          f"{cos:.6f}", f"{proj:.2f}"])
+        bf = [w["fp32_imagine"] / w["bf16_imagine"] for w in what_if]
+        im_share = C.median([sum(r["split"][k] for k in IMAGINATION) for r in records])
+        proj_bf = med_ms - im_share + im_share / C.median(bf)
+        wrows.append(["imagination under bf16 autocast (AMX), pre and post",
+                      f"{C.median([w['bf16_imagine'] for w in what_if]):.2f} per call",
+                      f"{C.median(bf):.2f}x ({C.spread(bf)})", "n/a", f"{proj_bf:.2f}"])
+        whatif_text = "\n".join([
+            f"- Command: `{C.command_line()}`, date {C.utc_date()}, {C.MACHINE_NOTE}, "
+            f"{args.threads} torch thread(s); every what-if runs on the repetition's own "
+            "batches right after the `pieces` variant and is paired with it.",
+            "",
+            C.markdown_table(
+                ["what-if", "HVP setup + CG + step-size HVP, median s",
+                 "speed-up vs current (paired, min-max)", "cos(direction, current direction)",
+                 "projected meta step s"],
+                wrows,
+            ),
+            "",
+            "- Projected meta step = measured median meta step - median of the replaced piece "
+            "+ median of the replacement.",
+        ])
+        print()
+        print(whatif_text)
+
+    prof_text = ""
+    if prof_rows:
+        prof_text = "\n".join([
+            f"- Command: `{C.command_line()}`, date {C.utc_date()}, {C.MACHINE_NOTE}, "
+            f"{args.threads} torch thread(s). One `meta_step` under `torch.profiler`: "
+            f"{prof_total_s:.1f} s of self CPU time in ops.",
+            "- By op: " + ", ".join(f"`{k}` {v / 1e6 / prof_total_s:.0%}" for k, v in top_ops),
+            "",
+            C.markdown_table(["op", "input shapes", "calls", "self CPU s", "share"], prof_rows),
+        ])
+        print()
+        print(prof_text)
+
+    if not args.no_write:
+        C.update_section("bench_meta_step", "Meta step (`benchmarks/bench_meta_step.py`)", text)
+        if whatif_text:
+            C.update_section("bench_meta_step_whatif",
+                             "Meta step what-ifs (`bench_meta_step.py --what-if`)", whatif_text)
+        if prof_text:
+            C.update_section("bench_meta_step_profile",
+                             "Meta step profile (`bench_meta_step.py --profile`)", prof_text)
+        print(f"\nupdated {C.BENCHMARKS_MD}")
+
+
+if __name__ == "__main__":
+    main()
