@@ -59,11 +59,19 @@ def _episodes_to_arrays(episodes, act_low, act_high) -> dict[str, Any]:
 
 
 def _run_jobs(runner, jobs, act_low, act_high):
-    """On an env runner: sample each job ``(job_id, params | None, kwargs)`` in turn."""
+    """On an env runner: sample each job ``(job_id, params | None, kwargs, seed)`` in turn.
+
+    Each job reseeds the env resets, the random-action space and the policy's torch sampling,
+    so a job gives the same transitions wherever and whenever it runs (a restored run continues
+    exactly as the uninterrupted one would have).
+    """
     out = []
-    for job_id, params, kwargs in jobs:
+    for job_id, params, kwargs, seed in jobs:
         if params is not None:
             runner.module.set_policy_params(params)
+        torch.manual_seed(seed)
+        runner.env.action_space.seed(seed)
+        runner._seed, runner._needs_initial_reset = seed, True  # reset envs with this seed
         episodes = runner.sample(force_reset=True, **kwargs)
         out.append((job_id, _episodes_to_arrays(episodes, act_low, act_high)))
     return out
@@ -193,14 +201,19 @@ class MBMPO(Algorithm):
             n_jobs = max(1, self.env_runner_group.num_healthy_remote_workers())
             per = math.ceil(cfg.initial_random_steps / n_jobs)
             kwargs = {"num_timesteps": per, "random_actions": True}
-            jobs = [(j, None, kwargs) for j in range(n_jobs)]
+            jobs = [(j, None, kwargs, self._job_seed(j)) for j in range(n_jobs)]
         else:
             per = math.ceil(cfg.real_steps_per_iter / K)
             params = self._adapted_params or [None] * K  # None: the runners' current theta
-            jobs = [(k, params[k], {"num_timesteps": per, "explore": True}) for k in range(K)]
+            kwargs = {"num_timesteps": per, "explore": True}
+            jobs = [(k, params[k], kwargs, self._job_seed(k)) for k in range(K)]
         out = self._run_on_runners(jobs)
         out["random"] = random
         return out
+
+    def _job_seed(self, job: int) -> int:
+        """Seed of sampling job ``job`` in the current iteration (derived, so never stored)."""
+        return ((self.config.seed or 0) * 1_000_003 + self._counters["iterations"]) * 4099 + job
 
     def _evaluate_real(self, num_episodes: int) -> dict[str, Any]:
         if num_episodes <= 0:
@@ -208,7 +221,8 @@ class MBMPO(Algorithm):
         n_runners = max(1, self.env_runner_group.num_healthy_remote_workers())
         per = [len(c) for c in np.array_split(np.arange(num_episodes), n_runners) if len(c)]
         explore = self.config.eval_explore
-        jobs = [(j, None, {"num_episodes": n, "explore": explore}) for j, n in enumerate(per)]
+        jobs = [(j, None, {"num_episodes": n, "explore": explore}, self._job_seed(1000 + j))
+                for j, n in enumerate(per)]
         out = self._run_on_runners(jobs)
         self._counters["eval_steps"] += len(out["reward"])
         return out
@@ -310,8 +324,8 @@ class MBMPO(Algorithm):
             K = self.config.ensemble_size
             counts = [len(c) for c in np.array_split(np.arange(n), K)]
             explore = self.config.eval_explore
-            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": explore})
-                    for k, c in enumerate(counts) if c]
+            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": explore},
+                     self._job_seed(2000 + k)) for k, c in enumerate(counts) if c]
             post = self._run_on_runners(jobs)
             out["post_adaptation_return_mean"] = float(np.mean(post["episode_returns"]))
             out["post_adaptation_episode_returns"] = post["episode_returns"]

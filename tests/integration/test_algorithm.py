@@ -77,10 +77,15 @@ def test_checkpoint_round_trip(tmp_path):
             assert restored.iteration == algo.iteration == 1
             assert len(restored._adapted_params) == 2
             assert restored._model_opt_states[0] is not None
-            # continuing after a restore: the next iteration builds on the restored state
+            # a restored run continues exactly as the uninterrupted one
             r1, r2 = algo.train(), restored.train()
             assert r1["num_real_steps_lifetime"] == r2["num_real_steps_lifetime"] == 200
             assert restored.iteration == 2
+            for k, v in algo.buffer.all().items():
+                np.testing.assert_array_equal(v, restored.buffer.all()[k])
+            for k, v in policy_params(algo).items():
+                torch.testing.assert_close(v, policy_params(restored)[k], rtol=0, atol=1e-6)
+            assert r1["episode_return_mean"] == pytest.approx(r2["episode_return_mean"])
         finally:
             restored.stop()
     finally:
