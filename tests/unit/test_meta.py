@@ -587,3 +587,28 @@ def test_process_batch_recomputes_old_log_probs_and_baseline() -> None:
     torch.testing.assert_close(tb.old_log_probs, raw.log_probs)
     torch.testing.assert_close(tb.advantages, (tb.returns - tb.values) * tb.mask)
     assert explained_variance(tb.values, tb.returns, tb.mask) > 0.5
+
+
+def test_hvp_subsample_keeps_the_trpo_direction() -> None:
+    """CG on every 2nd rollout gives nearly the full-batch natural gradient; k = 1 is exact."""
+    from mbmpo_ray.meta import trpo_meta_update
+
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    pre = _task_batch(policy, policy.expand_params(params, 2), n=40, h=6, seed=1)
+    post_params = adapt(policy, params, pre, 0.01, first_order=True)
+    post = _task_batch(policy, post_params, n=40, h=6, seed=2)
+
+    def step(k: int) -> torch.Tensor:
+        cfg = MetaConfig(num_tasks=2, alpha=0.01, hvp_subsample=k, ls_max_steps=30)
+        new, info = trpo_meta_update(policy, params, [pre], post, cfg)
+        assert info["ls_accepted"] == 1.0
+        return policy.flatten(new) - policy.flatten(params)
+
+    full, full_again, sub = step(1), step(1), step(2)
+    assert torch.equal(full, full_again)
+    cos = torch.dot(full, sub) / (full.norm() * sub.norm())
+    assert cos > 0.95, float(cos)
+    assert not torch.equal(full, sub)
+    with pytest.raises(ValueError, match="hvp_subsample"):
+        MetaConfig(hvp_subsample=0).validate()

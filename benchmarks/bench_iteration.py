@@ -1,0 +1,174 @@
+"""Per-iteration profile of MBMPO on HalfCheetah-v5 (horizon 200) at paper settings.
+
+Runs the algorithm through ``MBMPO.train()`` and records, per iteration, seconds per phase
+(real sampling, model fitting, meta update split into imagination / optimisation, weight sync,
+evaluation), the real-env return of the pre-update and of the adapted policies, and the real
+steps so far. Writes ``benchmarks/results/iteration_<env>.csv``, a PNG of the return curve and
+the phase times, and a section of BENCHMARKS.md. Ratios in the same run: each phase's share of
+the iteration time.
+
+    .venv/bin/python benchmarks/bench_iteration.py --iterations 3            # profile
+    .venv/bin/python benchmarks/bench_iteration.py --stop-timesteps 100000  # learning curve
+
+Targets (issue 4): a paper-size iteration (30 meta steps) under 180 s on this 2-core machine
+(legacy RLlib: 350-440 s on 20 workers + 1 GPU), and return >= 520 at 100,000 real steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    header_lines,
+    load_average,
+    markdown_table,
+    update_section,
+)
+
+PHASES = ["sample_real", "fit_models", "meta_update", "synch_weights", "evaluate_real"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="halfcheetah")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--stop-timesteps", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a paper setting (recorded in the report)")
+    p.add_argument("--num-model-trainers", type=int, default=2)
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = p.parse_args()
+    if args.iterations is None and args.stop_timesteps is None:
+        args.iterations = 2
+
+    import ray
+
+    import tune_configs
+    from mbmpo_ray.cli import _parse_set
+
+    overrides = {"num_model_trainers": args.num_model_trainers, **_parse_set(args.set)}
+    config = tune_configs.load_config(args.env, "paper", **overrides)
+    load_before = load_average()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    algo = config.build_algo()
+    out_dir = REPO_ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"iteration_{config.model_env_id}"
+    rows = []
+    try:
+        while True:
+            t0 = time.perf_counter()
+            r = algo.train()
+            total = time.perf_counter() - t0
+            timers, meta = r["timers"], r.get("meta", {})
+            row = {
+                "iteration": r["training_iteration"],
+                "real_steps": int(r["num_real_steps_lifetime"]),
+                "return_pre": r.get("episode_return_mean", float("nan")),
+                "return_adapted": r.get("post_adaptation_return_mean", float("nan")),
+                "total_s": total,
+                **{f"{ph}_s": timers.get(ph, float("nan")) for ph in PHASES},
+                "imagine_s": meta.get("time_sample_mean_over_steps", float("nan"))
+                * config.meta_steps_per_iter,
+                "optimize_s": meta.get("time_optimize_mean_over_steps", float("nan"))
+                * config.meta_steps_per_iter,
+                "model_epochs": r.get("model", {}).get("epochs_mean", float("nan")),
+            }
+            rows.append(row)
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
+                  flush=True)
+            if args.iterations is not None and row["iteration"] >= args.iterations:
+                break
+            if args.stop_timesteps is not None and row["real_steps"] >= args.stop_timesteps:
+                break
+    finally:
+        algo.stop()
+        ray.shutdown()
+    if not rows:
+        return 1
+
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    png = plot(rows, out_dir / f"{stem}.png", config.model_env_id)
+
+    # the first iteration fits on the random data only; report the steady state separately
+    steady = rows[1:] or rows
+    mean_total = float(np.mean([r["total_s"] for r in steady]))
+    share = lambda k: float(np.mean([r[k] / r["total_s"] for r in steady]))  # noqa: E731
+    table = markdown_table(
+        ["iter", "real steps", "return (pre)", "return (adapted)", "total s", "sample s",
+         "fit s", "meta s (imagine / optimise)", "eval s", "model epochs"],
+        [[r["iteration"], r["real_steps"], f"{r['return_pre']:.1f}",
+          f"{r['return_adapted']:.1f}", f"{r['total_s']:.1f}", f"{r['sample_real_s']:.1f}",
+          f"{r['fit_models_s']:.1f}",
+          f"{r['meta_update_s']:.1f} ({r['imagine_s']:.1f} / {r['optimize_s']:.1f})",
+          f"{r['evaluate_real_s']:.1f}", f"{r['model_epochs']:.0f}"] for r in rows],
+    )
+    verdict = "met" if mean_total < 180 else "MISSED"
+    body = "\n".join([
+        *header_lines([1], load_before),
+        f"- Settings: the paper's (`tune_configs/{args.env}.py` PAPER) plus "
+        f"{overrides}; {os.cpu_count()} CPUs for driver, learner and "
+        f"{args.num_model_trainers} model-trainer actors",
+        "",
+        table,
+        "",
+        f"Iterations after the first: {mean_total:.0f} s per iteration on average (target "
+        f"< 180 s: **{verdict}**); shares of the iteration: sampling {share('sample_real_s'):.1%}, "
+        f"model fit {share('fit_models_s'):.1%}, meta update {share('meta_update_s'):.1%}, "
+        f"evaluation {share('evaluate_real_s'):.1%}.",
+        f"Return after {rows[-1]['real_steps']:,} real steps: {rows[-1]['return_pre']:.1f} "
+        f"(pre-update), {rows[-1]['return_adapted']:.1f} (adapted); target >= 520 at 100,000.",
+        "",
+        f"![learning curve and phase times](benchmarks/results/{png.name})",
+    ])
+    if not args.no_write:
+        update_section(f"iteration-{config.model_env_id}",
+                       f"Per-iteration profile: {config.model_env_id}, paper settings", body)
+    print(body)
+    return 0
+
+
+def plot(rows, path: Path, env_id: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    x = [r["real_steps"] for r in rows]
+    a.plot(x, [r["return_pre"] for r in rows], "o-", label="pre-update policy")
+    a.plot(x, [r["return_adapted"] for r in rows], "s--", label="adapted policies")
+    a.axhline(520, color="gray", ls=":", label="legacy RLlib @100k (520)")
+    a.set_xlabel("real env steps")
+    a.set_ylabel("return")
+    a.set_title(f"MB-MPO {env_id} (H=200)")
+    a.legend(fontsize=8)
+    bottom = np.zeros(len(rows))
+    for ph in ["sample_real_s", "fit_models_s", "meta_update_s", "evaluate_real_s"]:
+        vals = np.array([r[ph] for r in rows])
+        b.bar([r["iteration"] for r in rows], vals, bottom=bottom, label=ph[:-2])
+        bottom += vals
+    b.axhline(180, color="gray", ls=":", label="target 180 s")
+    b.set_xlabel("iteration")
+    b.set_ylabel("seconds")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
