@@ -30,6 +30,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import _common as C
@@ -170,6 +176,59 @@ def subsample(batch: TaskBatch, every: int) -> TaskBatch:
     return TaskBatch(*(getattr(batch, f.name)[:, ::every] for f in dataclasses.fields(batch)))
 
 
+# glibc malloc settings that keep freed memory in the heap instead of returning it to the OS
+# (every ~25 MB temporary otherwise comes back as fresh, zero-filled pages: page faults)
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+_MALLOC_VARS = (*MALLOC_TUNED, "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX")
+
+
+def save_trpo_inputs(path: str, keep: dict, num_tasks: int) -> None:
+    torch.save({"num_tasks": num_tasks,
+                "tb": {f.name: getattr(keep["tb"], f.name) for f in dataclasses.fields(TaskBatch)},
+                "post": {f.name: getattr(keep["post"], f.name)
+                         for f in dataclasses.fields(TaskBatch)}}, path)
+
+
+def child_trpo(path: str, threads: int) -> None:
+    """Child process of the malloc what-if: time ``trpo_meta_update`` on saved batches (one
+    warm-up call, then two timed calls) and print one JSON line."""
+    torch.set_num_threads(threads)
+    saved = torch.load(path)
+    tb, post = TaskBatch(**saved["tb"]), TaskBatch(**saved["post"])
+    policy = GaussianMLPPolicy(C.OBS_DIM, C.ACT_DIM, POLICY_HIDDEN, "tanh", obs_start=1)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    cfg = MetaConfig(num_tasks=saved["num_tasks"]).validate()
+    trpo_meta_update(policy, params, [tb], post, cfg)
+    times, sys_s, faults = [], 0.0, 0
+    for _ in range(2):
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        trpo_meta_update(policy, params, [tb], post, cfg)
+        times.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        sys_s += r1.ru_stime - r0.ru_stime
+        faults += r1.ru_minflt - r0.ru_minflt
+    print(json.dumps({"times": times, "sys": sys_s / 2, "minflt": faults / 2}))
+
+
+def malloc_whatif(keep: dict, num_tasks: int, threads: int, rounds: int = 2) -> dict:
+    """``trpo_meta_update`` in child processes with the default and the tuned glibc malloc
+    settings, alternating; returns the paired per-round times and fault counts."""
+    out: dict = {"default": [], "tuned": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trpo_inputs.pt")
+        save_trpo_inputs(path, keep, num_tasks)
+        base_env = {k: v for k, v in os.environ.items() if k not in _MALLOC_VARS}
+        for _ in range(rounds):
+            for name, extra in (("default", {}), ("tuned", MALLOC_TUNED)):
+                res = subprocess.run(
+                    [sys.executable, __file__, "--_child-trpo", path, "--threads", str(threads)],
+                    env={**base_env, **extra}, capture_output=True, text=True, check=True,
+                )
+                out[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = ap.add_mutually_exclusive_group()
@@ -186,7 +245,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="run one meta step under torch.profiler and report the top ops")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--_child-trpo", dest="child_trpo", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_trpo:
+        child_trpo(args.child_trpo, args.threads)
+        return
 
     load_before = C.load_average()
     reps = args.reps or (2 if args.quick else 5 if args.full else 3)
@@ -378,6 +441,12 @@ def main() -> None:
             print("  what-if: " + ", ".join(f"{k} {v:.3g}" for k, v in w.items()))
     print(f"measured in {time.perf_counter() - t_meas:.0f} s")
 
+    malloc = None
+    if args.what_if and keep.get("tb") is not None:
+        t0 = time.perf_counter()
+        malloc = malloc_whatif(keep, num_tasks, args.threads)
+        print(f"malloc what-if measured in {time.perf_counter() - t0:.0f} s")
+
     # ------------------------------------------------------------------ threads table
     rows_t = []
     if len(cmp_threads) > 1:
@@ -527,6 +596,23 @@ def main() -> None:
         wrows.append(["imagination under bf16 autocast (AMX), pre and post",
                       f"{C.median([w['bf16_imagine'] for w in what_if]):.2f} per call",
                       f"{C.median(bf):.2f}x ({C.spread(bf)})", "n/a", f"{proj_bf:.2f}"])
+        if malloc is not None:
+            t_def = [C.median(m["times"]) for m in malloc["default"]]
+            t_tun = [C.median(m["times"]) for m in malloc["tuned"]]
+            sp = [a / b for a, b in zip(t_def, t_tun, strict=True)]
+            trpo_med = C.median([sum(r["split"][k] for k in TRPO) for r in records])
+            proj = med_ms - trpo_med + trpo_med / C.median(sp)
+            f_def = C.median([m["minflt"] for m in malloc["default"]])
+            f_tun = C.median([m["minflt"] for m in malloc["tuned"]])
+            s_def = C.median([m["sys"] for m in malloc["default"]])
+            wrows.append([
+                "glibc malloc kept from returning memory to the OS ("
+                + ", ".join(f"`{k}={v}`" for k, v in MALLOC_TUNED.items())
+                + f"), whole `trpo_meta_update` in a child process; page faults per call "
+                f"{f_def:,.0f} -> {f_tun:,.0f}, kernel time {s_def:.2f} s -> ~0",
+                f"{C.median(t_def):.2f} -> {C.median(t_tun):.2f} (whole TRPO)",
+                f"{C.median(sp):.2f}x ({C.spread(sp)})", "identical maths", f"{proj:.2f}",
+            ])
         whatif_text = "\n".join([
             f"- Command: `{C.command_line()}`, date {C.utc_date()}, {C.MACHINE_NOTE}, "
             f"{args.threads} torch thread(s); every what-if runs on the repetition's own "

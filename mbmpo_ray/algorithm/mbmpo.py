@@ -16,6 +16,7 @@ from ray.rllib.utils.metrics import (
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
 )
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from mbmpo_ray.algorithm.config import MBMPOConfig
 from mbmpo_ray.algorithm.model_trainer import ModelTrainer, fit_members
@@ -91,6 +92,21 @@ class MBMPO(Algorithm):
     @override(Algorithm)
     def get_default_config(cls) -> MBMPOConfig:
         return MBMPOConfig()
+
+    @classmethod
+    @override(Algorithm)
+    def default_resource_request(cls, config):
+        """RLlib's bundles (driver, env runners, learners) plus one per model-trainer actor,
+        so a Tune trial reserves everything it starts and sweeps pack onto a cluster."""
+        pgf = super().default_resource_request(config)
+        cfg = cls.get_default_config().update_from_dict(
+            config if isinstance(config, dict) else config.to_dict()
+        )
+        extra = [{"CPU": cfg.num_cpus_per_model_trainer}] * cfg.num_model_trainers
+        extra = [b for b in extra if b["CPU"] > 0]
+        if not extra:
+            return pgf
+        return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
 
     @override(Algorithm)
     def setup(self, config: MBMPOConfig) -> None:

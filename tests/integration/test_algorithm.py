@@ -145,3 +145,18 @@ def test_tune_runs_registered_name(tmp_path):
     results = tuner.fit()
     assert not results.errors
     assert results[0].metrics["num_real_steps_lifetime"] == 100
+
+
+def test_remote_learner_and_trial_resources():
+    cfg = tiny(num_model_trainers=2, num_cpus_per_model_trainer=0.5).learners(
+        num_learners=1, num_cpus_per_learner=0.5)
+    pgf = MBMPO.default_resource_request(cfg)
+    # the two model-trainer actors are part of the trial's placement group
+    assert pgf.bundles[-2:] == [{"CPU": 0.5}, {"CPU": 0.5}]
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        assert np.isfinite(result["meta"]["kl_after"])
+        assert len(algo._adapted_params) == 2
+    finally:
+        algo.stop()
