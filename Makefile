@@ -17,7 +17,7 @@ install: $(STAMP)
 
 ## The main job: a short MB-MPO training run on Pendulum-v1 (local Ray, live progress, plot at the end)
 run: $(STAMP)
-	$(VENV)/bin/mbmpo-ray train --config tune_configs/pendulum.py --output runs/pendulum
+	$(VENV)/bin/mbmpo-ray train --config pendulum --output runs/pendulum
 
 ## The test suite (fast tiers; learning tests marked `slow` are excluded)
 test: $(STAMP)

@@ -14,13 +14,15 @@ Every repetition runs, interleaved (rotating order) and with the same seed:
   Its new parameters are checked against ``meta_step``'s (same seed, same result);
 * baselines: ``meta_step`` with ``first_order=True`` and one ``imagine`` call alone.
 
-``--what-if`` also times, on each repetition's own batches, cheaper TRPO curvature products
-(first-order inner step in the KL, fewer rollouts) and reports how far their search directions
-are from the exact one; ``--profile`` runs one meta step under ``torch.profiler``.
+``--what-if`` also times, on each repetition's own batches, the other TRPO curvature settings
+``MetaConfig`` offers (``hvp_method``, ``hvp_subsample``) with the cosine between their search
+directions and the default's, bf16 imagination, and (in child processes) glibc malloc settings
+that avoid page faults (adds ~3-4 min); ``--profile`` runs one meta step under
+``torch.profiler``.
 
 Run from the repo root::
 
-    .venv/bin/python benchmarks/bench_meta_step.py                 # paper sizes (~4-5 min)
+    .venv/bin/python benchmarks/bench_meta_step.py                 # paper sizes (~2-4 min)
     .venv/bin/python benchmarks/bench_meta_step.py --what-if --profile
     .venv/bin/python benchmarks/bench_meta_step.py --quick         # smoke test, small sizes
 """
@@ -51,12 +53,9 @@ from mbmpo_ray.meta import (
     MetaConfig,
     TaskBatch,
     adapt,
-    adapt_steps,
-    conjugate_gradient,
     explained_variance,
     imagined_return,
     inner_gradients,
-    mean_kl,
     meta_step,
     process_batch,
     trpo_meta_update,
@@ -169,11 +168,6 @@ def instrument_trpo(acc: dict):
 
 def detach(params):
     return {k: v.detach() for k, v in params.items()}
-
-
-def subsample(batch: TaskBatch, every: int) -> TaskBatch:
-    """Every ``every``-th rollout of each task (what-if: curvature on fewer rollouts)."""
-    return TaskBatch(*(getattr(batch, f.name)[:, ::every] for f in dataclasses.fields(batch)))
 
 
 # glibc malloc settings that keep freed memory in the heap instead of returning it to the OS
@@ -347,34 +341,37 @@ def main() -> None:
         return sw.times
 
     # ------------------------------------------------------------------ what-ifs
-    def hvp_method_whatif(keep: dict, method: str):
-        """``trpo_meta_update`` on this repetition's batches with another ``hvp_method``:
-        time of HVP setup + CG + step-size HVP, and the cosine of its search direction with
-        the default's."""
-        config = dataclasses.replace(cfg, hvp_method=method)
+    cfg_fields = {f.name for f in dataclasses.fields(MetaConfig)}
+
+    def describe(config: MetaConfig) -> str:
+        keys = [k for k in ("hvp_method", "hvp_subsample") if k in cfg_fields]
+        return ", ".join(f"{k}={getattr(config, k)!r}" for k in keys) or "library default"
+
+    # TRPO curvature variants: every other hvp_method, the other subsampling, and the original
+    # implementation (exact 3rd-order autodiff on all rollouts), as far as MetaConfig has them
+    whatif_changes: list[dict] = []
+    if "hvp_method" in cfg_fields:
+        whatif_changes += [{"hvp_method": m} for m in ("gauss_newton", "exact", "first_order")
+                           if m != cfg.hvp_method]
+    if "hvp_subsample" in cfg_fields:
+        whatif_changes.append({"hvp_subsample": 1 if cfg.hvp_subsample != 1 else 5})
+        if "hvp_method" in cfg_fields and cfg.hvp_subsample != 1:
+            whatif_changes.append({"hvp_method": "first_order", "hvp_subsample": 1})
+            whatif_changes.append({"hvp_method": "exact", "hvp_subsample": 1})
+    exact_label = describe(dataclasses.replace(
+        cfg, **{k: v for k, v in (("hvp_method", "exact"), ("hvp_subsample", 1)) if k in cfg_fields}
+    ))
+    whatif_configs = {
+        describe(dataclasses.replace(cfg, **ch)): dataclasses.replace(cfg, **ch)
+        for ch in whatif_changes
+    }
+
+    def curvature_whatif(keep: dict, config: MetaConfig):
+        """``trpo_meta_update`` on this repetition's batches with another curvature setting:
+        time of HVP setup + CG + step-size HVP, and its search direction."""
         with instrument_trpo({}) as acc:
             trpo_meta_update(policy, detach(params0), [keep["tb"]], keep["post"], config)
         return acc["setup"] + acc["cg"] + (acc["hvp"] - acc["hvp_in_cg"]), acc["direction"]
-
-    def subsample_whatif(keep: dict, every: int):
-        """The Gauss-Newton product (as ``trpo_meta_update`` builds it) on every ``every``-th
-        rollout only; CG on the same gradient."""
-        pre, post = [subsample(keep["tb"], every)], subsample(keep["post"], every)
-        theta0 = policy.flatten(params0).detach()
-        old = detach(adapt_steps(policy, policy.unflatten(theta0), pre, cfg.alpha, True))
-
-        def inner(x):
-            adapted = adapt_steps(policy, policy.unflatten(x), pre, cfg.alpha, cfg.first_order)
-            return policy.flatten(adapted, batched=True)
-
-        def outer(y):
-            return mean_kl(policy, old, policy.unflatten(y, batched=True), post.obs, post.mask)
-
-        t0 = time.perf_counter()
-        hvp = optim_mod.make_gauss_newton_hvp(inner, outer, theta0, damping=cfg.cg_damping)
-        direction = conjugate_gradient(hvp, keep["grad"], iters=cfg.cg_iters)
-        float(torch.dot(direction, hvp(direction)))
-        return time.perf_counter() - t0, direction
 
     def cosine(a, b) -> float:
         return float(torch.dot(a, b) / (a.norm() * b.norm()))
@@ -425,20 +422,18 @@ def main() -> None:
         if args.what_if and keep["direction"] is not None:
             w = {"current": sum(rec["split"][k] for k in ("trpo_hvp_setup", "trpo_cg",
                                                             "trpo_shs"))}
-            if hasattr(cfg, "hvp_method"):
-                for method in ("exact", "first_order"):
-                    if method != cfg.hvp_method:
-                        w[method], d = hvp_method_whatif(keep, method)
-                        w[method + "_cos"] = cosine(d, keep["direction"])
-            if hasattr(optim_mod, "make_gauss_newton_hvp"):
-                w["sub5"], d = subsample_whatif(keep, 5)
-                w["sub5_cos"] = cosine(d, keep["direction"])
+            dirs = {"current": keep["direction"]}
+            for label, config in whatif_configs.items():
+                w[label], dirs[label] = curvature_whatif(keep, config)
+            ref = dirs.get(exact_label, keep["direction"])
+            for label, d in dirs.items():
+                w[label + "_cos"] = cosine(d, ref)
             t0 = time.perf_counter()
             make_sample_fn(seed, bf16=True)(policy.expand_params(params0, num_tasks))
             w["bf16_imagine"] = time.perf_counter() - t0
             w["fp32_imagine"] = rec["imagine"]
             what_if.append(w)
-            print("  what-if: " + ", ".join(f"{k} {v:.3g}" for k, v in w.items()))
+            print("  what-if: " + "; ".join(f"{k} {v:.3g}" for k, v in w.items()))
     print(f"measured in {time.perf_counter() - t_meas:.0f} s")
 
     malloc = None
@@ -541,7 +536,8 @@ def main() -> None:
         f"x H = {horizon} (= {num_tasks * rollouts * horizon:,} imagined transitions per "
         f"imagination, twice per meta step), {C.ENV_ID} dims (obs {C.OBS_DIM}, act "
         f"{C.ACT_DIM}), policy {POLICY_HIDDEN} tanh, `MetaConfig` defaults (TRPO, second "
-        f"order, alpha {cfg.alpha}, {cfg.cg_iters} CG iterations, max KL {cfg.max_kl}); "
+        f"order, alpha {cfg.alpha}, {cfg.cg_iters} CG iterations, max KL {cfg.max_kl}, "
+        f"KL curvature {describe(cfg)}); "
         f"ensemble fitted on {data['source']}; {reps} interleaved repetitions.",
         f"- Line-search candidates evaluated per meta step: {ls}; the re-assembled pieces "
         f"reproduce `meta_step`'s new parameters to {max_diff:.1e} (max abs difference).",
@@ -571,22 +567,14 @@ def main() -> None:
     whatif_text = ""
     if what_if:
         cur = [w["current"] for w in what_if]
-        method = getattr(cfg, "hvp_method", "library default")
-        wrows = [[f"`hvp_method={method!r}` (current default), all rollouts",
-                  f"{C.median(cur):.2f}", "1 (reference)", "1", f"{med_ms:.2f}"]]
-        labels = {
-            "exact": "`hvp_method='exact'` (autodiff of the KL through the inner step, "
-                     "3rd order)",
-            "first_order": "`hvp_method='first_order'` (Fisher of the adapted policies, "
-                           "inner-step Jacobian ignored)",
-            "sub5": f"`hvp_method={method!r}` on every 5th rollout only",
-        }
-        for name, label in labels.items():
-            if name not in what_if[0]:
-                continue
-            t = [w[name] for w in what_if]
+        ref_label = exact_label if exact_label in whatif_configs else "current"
+        wrows = [[f"{describe(cfg)} (current default)", f"{C.median(cur):.2f}",
+                  "1 (reference)", f"{C.median([w['current_cos'] for w in what_if]):.6f}",
+                  f"{med_ms:.2f}"]]
+        for label in whatif_configs:
+            t = [w[label] for w in what_if]
             sp = [c / x for c, x in zip(cur, t, strict=True)]
-            cos = C.median([w[name + "_cos"] for w in what_if])
+            cos = C.median([w[label + "_cos"] for w in what_if])
             proj = med_ms - C.median(cur) + C.median(t)
             wrows.append([label, f"{C.median(t):.2f}", f"{C.median(sp):.2f}x ({C.spread(sp)})",
                           f"{cos:.6f}", f"{proj:.2f}"])
@@ -605,14 +593,20 @@ def main() -> None:
             f_def = C.median([m["minflt"] for m in malloc["default"]])
             f_tun = C.median([m["minflt"] for m in malloc["tuned"]])
             s_def = C.median([m["sys"] for m in malloc["default"]])
+            s_tun = C.median([m["sys"] for m in malloc["tuned"]])
             wrows.append([
-                "glibc malloc kept from returning memory to the OS ("
-                + ", ".join(f"`{k}={v}`" for k, v in MALLOC_TUNED.items())
-                + f"), whole `trpo_meta_update` in a child process; page faults per call "
-                f"{f_def:,.0f} -> {f_tun:,.0f}, kernel time {s_def:.2f} s -> ~0",
+                "glibc malloc tuned (note below), whole `trpo_meta_update` in child processes",
                 f"{C.median(t_def):.2f} -> {C.median(t_tun):.2f} (whole TRPO)",
-                f"{C.median(sp):.2f}x ({C.spread(sp)})", "identical maths", f"{proj:.2f}",
+                f"{C.median(sp):.2f}x ({C.spread(sp)})", "same maths", f"{proj:.2f}",
             ])
+            malloc_note = (
+                "- malloc what-if: "
+                + ", ".join(f"`{k}={v}`" for k, v in MALLOC_TUNED.items())
+                + f" in the environment of a child process that times `trpo_meta_update` on "
+                f"the saved batches, alternating with an untuned child: minor page faults per "
+                f"call {f_def:,.0f} -> {f_tun:,.0f}, kernel (sys) time {s_def:.2f} s -> "
+                f"{s_tun:.2f} s."
+            )
         whatif_text = "\n".join([
             f"- Command: `{C.command_line()}`, date {C.utc_date()}, {C.MACHINE_NOTE}, "
             f"{args.threads} torch thread(s); every what-if runs on the repetition's own "
@@ -620,13 +614,15 @@ def main() -> None:
             "",
             C.markdown_table(
                 ["what-if", "HVP setup + CG + step-size HVP, median s",
-                 "speed-up vs current (paired, min-max)", "cos(direction, current direction)",
+                 "speed-up vs current (paired, min-max)",
+                 f"cos(CG direction, direction of {ref_label})",
                  "projected meta step s"],
                 wrows,
             ),
             "",
             "- Projected meta step = measured median meta step - median of the replaced piece "
             "+ median of the replacement.",
+            *([malloc_note] if malloc is not None else []),
         ])
         print()
         print(whatif_text)

@@ -26,16 +26,6 @@ from mbmpo_ray.meta import GaussianMLPPolicy, MetaConfig, meta_step
 G, M, L, DT, MAX_SPEED, MAX_TORQUE = 10.0, 1.0, 1.0, 0.05, 8.0, 2.0
 
 
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    """Run single-threaded: on a loaded 2-core machine torch's intra-op thread pool makes these
-    small tensor programs 10-30x slower (measured 0.6 s -> 20 s for one toy meta-step test)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TruePendulumEnsemble:
     """gymnasium ``PendulumEnv.step`` in torch, as a one-member 'ensemble' (K = 1)."""
 

@@ -39,16 +39,6 @@ from mbmpo_ray.meta import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    """Run single-threaded: on a loaded 2-core machine torch's intra-op thread pool makes these
-    small tensor programs 10-30x slower (measured 0.6 s -> 20 s for one toy meta-step test)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------- helpers
 def _tiny_policy(obs_dim: int = 3, act_dim: int = 2, obs_start: int = 0) -> GaussianMLPPolicy:
     return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=(4,), obs_start=obs_start)

@@ -21,15 +21,6 @@ from mbmpo_ray.models.training import _member_mse
 OBS, ACT, K, HIDDEN = 4, 2, 3, (64, 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: keep torch on one thread for these tests."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def linear_system(n, seed=0, noise=1e-3):
     """Transitions of a fixed random linear system next = A s + B a + noise (float32 numpy)."""
     sys_rng = np.random.default_rng(1234)  # the same A, B for every call
