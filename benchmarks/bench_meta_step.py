@@ -382,6 +382,19 @@ def main() -> None:
         if out is not None:
             out.update(new_params=new, diag=diag)
 
+    other_threads = [nt for nt in cmp_threads if nt != args.threads]
+    too_slow: set[int] = set()  # thread counts whose meta step took > 40 s (busy machine)
+
+    def run_meta_step_threads(seed: int, nt: int):
+        torch.set_num_threads(nt)
+        t0 = time.perf_counter()
+        try:
+            run_meta_step(seed, cfg)
+        finally:
+            torch.set_num_threads(args.threads)
+        if time.perf_counter() - t0 > 40.0:
+            too_slow.add(nt)
+
     # warm-up at small sizes (allocators, oneDNN kernel choice)
     make_sample_fn(0, steps=2)(policy.expand_params(params0, num_tasks))
 
@@ -401,6 +414,9 @@ def main() -> None:
                 policy.expand_params(params0, num_tasks)
             ),
         }
+        for nt in other_threads:
+            if nt not in too_slow:
+                variants[f"meta_step_t{nt}"] = lambda nt=nt: run_meta_step_threads(seed, nt)  # noqa: B023
         names = list(variants)
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
@@ -524,6 +540,25 @@ def main() -> None:
         piece_row("`meta_step` with `first_order=True` (baseline)", fo),
         piece_row("one `imagine` call alone (baseline)", im),
     ]
+    thread_lines = []
+    for nt in other_threads:
+        pairs = [(r[f"meta_step_t{nt}"], r["meta_step"], r["imagine"]) for r in records
+                 if f"meta_step_t{nt}" in r]
+        if not pairs:
+            continue
+        t_nt = [a for a, _, _ in pairs]
+        rel = [a / b for a, b, _ in pairs]
+        group_rows.append([f"**`meta_step` end to end with {nt} threads**",
+                           f"{C.median(t_nt):.2f}", f"{C.median(rel):.1%}",
+                           f"{C.median([a / c for a, _, c in pairs]):.2f} "
+                           f"({C.spread([a / c for a, _, c in pairs])})"])
+        thread_lines.append(
+            f"- With {nt} threads (interleaved in the same repetitions, {len(pairs)} of {reps}): "
+            f"median {C.median(t_nt):.2f} s, **{C.median(rel):.2f}x** the {args.threads}-thread "
+            f"time ({C.spread(rel)}); target < 4 s **{C.verdict(C.median(t_nt) < 4.0)}** with "
+            f"{nt} threads. Which thread count wins depends on what else runs on the machine "
+            "(load average above)."
+        )
     ratio_fo = C.median_ratio(ms, fo)
     ratio_im = C.median_ratio(ms, im)
     ok = med_ms < 4.0
@@ -548,6 +583,7 @@ def main() -> None:
         f"{args.threads} thread(s) (min {min(ms):.2f}, max {max(ms):.2f}). Same-run ratios: "
         f"`meta_step` = **{ratio_im:.1f}x** one `imagine` call and **{ratio_fo:.2f}x** the "
         f"first-order meta step.",
+        *thread_lines,
     ]
     if rows_t:
         head_t = ["threads", f"`imagine` (H={max(horizon // 4, 2)})",

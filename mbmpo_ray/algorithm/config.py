@@ -64,6 +64,8 @@ TRAINING_DEFAULTS: dict[str, tuple[Any, str]] = {
     "policy_hidden_sizes": ((32, 32), "hidden sizes of the Gaussian MLP policy"),
     "policy_activation": ("tanh", "activation of the policy"),
     "init_log_std": (0.0, "initial log standard deviation of the policy"),
+    "learner_torch_threads": (None, "torch threads of the meta-learner (None: its CPUs, or 1); "
+                              "more helps on an otherwise idle machine"),
     # reporting
     "eval_episodes_per_iter": (5, "real episodes per iteration with the pre-update policy"),
     "eval_explore": (True, "evaluate the stochastic policy as sampled (False: mean action)"),
