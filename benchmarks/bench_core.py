@@ -378,6 +378,7 @@ def main() -> None:
             (nt, "batched_bf16"): with_threads(nt, train_batched_bf16),
             (nt, "fit_batched"): with_threads(nt, fit_batched),
             (nt, "fit_singles"): with_threads(nt, fit_singles),
+            (nt, "bmm"): with_threads(nt, run_bmm),  # FLOP/s reference paired within (b)
         }
     cmp_h, cmp_passes, cmp_steps = max(horizon // 10, 5), 10, 3
     for nt in cmp_threads:  # short versions: 2 threads can be ~10x slower on a busy machine
@@ -461,7 +462,7 @@ def main() -> None:
         sp_f, sp_f_rng = paired(tb, nt, "fit_batched", n_fit, "fit_singles", n_fit)
         train_flops = 3 * flops(matmul_shapes(MODEL_BATCH, policy)[:3]) / (K * MODEL_BATCH)
         train_fr = C.median([(n_grad * train_flops / a) / (fl_bmm / b) for a, b in
-                             zip(tb[(nt, "batched")], ta[(nt, "bmm")], strict=True)])
+                             zip(tb[(nt, "batched")], tb[(nt, "bmm")], strict=True)])
         rows_b += [
             [nt, f"batched ensemble, {grad_steps} Adam steps of K x {MODEL_BATCH} rows",
              f"{n_grad:,}", rate(tb, nt, "batched", n_grad), "1 (reference)"],

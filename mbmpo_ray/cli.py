@@ -190,6 +190,62 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
+    """Render ``episodes`` real episodes of the pre-update policy (mean action) to a video.
+
+    ``.gif`` needs only imageio (installed with gymnasium); ``.mp4`` needs the ``video`` extra
+    (``pip install 'mbmpo-ray[video]'``, imageio-ffmpeg). Returns the number of frames.
+    """
+    import numpy as np
+    import torch
+
+    from mbmpo_ray.envs import make_env
+
+    if render_mode != "rgb_array":
+        raise CLIError(f"--render supports 'rgb_array' only, got {render_mode!r}")
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise CLIError("--video needs imageio: pip install 'mbmpo-ray[video]'") from None
+    if path.suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise CLIError("an .mp4 video needs imageio-ffmpeg: pip install 'mbmpo-ray[video]' "
+                           "(or write a .gif)") from None
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
+    cfg = algo.config
+    module = algo.get_module()
+    params = module.policy_params()
+    env = make_env(cfg.model_env_id, horizon=cfg.horizon, render_mode=render_mode)
+    low, high = env.action_space.low, env.action_space.high
+    frames = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=ep)
+            frames.append(env.render())
+            done = False
+            while not done:
+                with torch.no_grad():
+                    act = module.policy.deterministic_action(
+                        params, torch.as_tensor(obs, dtype=torch.float32))
+                obs, _, term, trunc, _ = env.step(np.clip(act.numpy(), low, high))
+                frames.append(env.render())
+                done = term or trunc
+    except Exception as e:  # no OpenGL / display: say so instead of a traceback
+        raise CLIError(f"rendering {cfg.model_env_id} failed ({type(e).__name__}: {e}); "
+                       "for MuJoCo envs set MUJOCO_GL=egl or osmesa") from None
+    finally:
+        env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fps = int(env.metadata.get("render_fps", 30))
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=fps)
+    return len(frames)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load a checkpoint and report real-env returns of the pre-update and adapted policies."""
     path = Path(args.checkpoint)
@@ -203,6 +259,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     algo = Algorithm.from_checkpoint(str(path.resolve()))
     try:
         res = algo.evaluate(num_episodes=args.episodes)
+        if args.video:
+            n = record_video(algo, Path(args.video), args.render)
+            print(f"video: {args.video} ({n} frames)")
     finally:
         algo.stop()
     print(f"pre-update policy: mean return {res['episode_return_mean']:.1f} over "
@@ -275,6 +334,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the real env")
     p.add_argument("checkpoint")
     p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--render", default="rgb_array", help="render mode for --video")
+    p.add_argument("--video", help="also record one episode to this .mp4 or .gif file")
     p.add_argument("--address")
     p.set_defaults(func=cmd_evaluate)
 

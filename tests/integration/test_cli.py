@@ -47,6 +47,18 @@ def test_train_checkpoint_evaluate_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pre-update policy: mean return" in printed and "adapted policies" in printed
 
+    # a short video of the policy (GIF: needs only imageio, which gymnasium installs)
+    cheetah = tmp_path / "cheetah"
+    assert main(["train", "--config", "halfcheetah", "--variant", "smoke", "--iterations", "1",
+                 "--output", str(cheetah)]) == 0
+    gif = tmp_path / "cheetah.gif"
+    assert main(["evaluate", str(cheetah / "checkpoint"), "--episodes", "1",
+                 "--video", str(gif)]) == 0
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(gif)) == 21  # reset frame + horizon 20
+    capsys.readouterr()
+
     png = tmp_path / "curves.png"
     assert main(["plot", str(out), str(out), "--out", str(png)]) == 0
     import matplotlib.image
