@@ -11,6 +11,7 @@ then summarised by their median (:func:`median_ratio`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -164,6 +165,29 @@ def collect_halfcheetah(num_episodes: int, horizon: int = 200, seed: int = 0) ->
     from mbmpo_ray.envs import make_env
 
     rng = np.random.default_rng(seed)
+    with _mujoco_warnings_to_memory():
+        return _collect(make_env, rng, num_episodes, horizon, seed)
+
+
+@contextlib.contextmanager
+def _mujoco_warnings_to_memory():
+    """Keep MuJoCo's model-compiler warnings (e.g. the HalfCheetah ``settotalmass``
+    deprecation) out of a ``MUJOCO_LOG.TXT`` in the working directory."""
+    try:
+        import mujoco
+
+        previous = mujoco.get_mju_user_warning()
+        mujoco.set_mju_user_warning(lambda msg: None)
+    except (ImportError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+def _collect(make_env, rng, num_episodes: int, horizon: int, seed: int) -> dict:
     try:
         env = make_env(ENV_ID, horizon=horizon)
     except Exception as exc:  # noqa: BLE001 - any failure to build MuJoCo -> synthetic data
@@ -172,7 +196,8 @@ def collect_halfcheetah(num_episodes: int, horizon: int = 200, seed: int = 0) ->
         act = rng.uniform(-1, 1, size=(n, ACT_DIM)).astype(np.float32)
         nxt = obs + 0.1 * rng.normal(size=(n, OBS_DIM)).astype(np.float32)
         return {
-            "obs": obs, "act": act, "next_obs": nxt, "low": -1.0, "high": 1.0,
+            "obs": obs, "act": act, "next_obs": nxt,
+            "low": np.full(ACT_DIM, -1.0, np.float32), "high": np.full(ACT_DIM, 1.0, np.float32),
             "source": f"synthetic Gaussian data ({type(exc).__name__}: {exc})",
         }
     assert env.observation_space.shape == (OBS_DIM,), env.observation_space

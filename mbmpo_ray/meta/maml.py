@@ -399,6 +399,14 @@ def trpo_meta_update(
         new = task_params_of(x, first_order)
         return mean_kl(policy, old_task_params, new, post_batch.obs, post_batch.mask)
 
+    @torch.no_grad()
+    def evaluate(x: Tensor) -> tuple[float, float]:
+        """Line-search values: one first-order inner step (same values) shared by both."""
+        new = task_params_of(x, True)
+        surr = outer_surrogate(policy, new, post_batch)
+        return float(surr), float(mean_kl(policy, old_task_params, new, post_batch.obs,
+                                          post_batch.mask))
+
     hvp: Callable[[Tensor], Tensor] | None = None  # None: exact autodiff (make_hvp)
     if config.hvp_method == "gauss_newton":
 
@@ -435,8 +443,7 @@ def trpo_meta_update(
         cg_damping=config.cg_damping,
         ls_ratio=config.ls_backtrack_ratio,
         ls_max_steps=config.ls_max_steps,
-        eval_surrogate_fn=lambda x: surrogate(x, True),
-        eval_kl_fn=lambda x: kl(x, True),
+        eval_fn=evaluate,
         hvp=hvp,
     )
     new_params = {k: v.detach().clone() for k, v in policy.unflatten(x_new).items()}
@@ -568,19 +575,20 @@ def meta_step(
             config.baseline_reg_coeff,
         )
         pre_batches.append(tb)
+        # one inner gradient serves the diagnostics and the (first-order, detached) adaptation
+        inputs, g = inner_gradients(policy, task_params, tb, create_graph=False)
         if k == 0:
             pre_ret = imagined_return(raw).detach().double().numpy()
             diag["pre_return_per_task"] = pre_ret
             diag["pre_return_mean"] = float(pre_ret.mean())
             diag["baseline_ev_pre"] = explained_variance(tb.values, tb.returns, tb.mask)
-            _, g = inner_gradients(policy, task_params, tb, create_graph=False)
             sq = sum(v.detach().pow(2).reshape(num_tasks, -1).sum(-1) for v in g.values())
             norms = torch.sqrt(sq).double().numpy()
             diag["inner_grad_norm_per_task"] = norms
             diag["inner_grad_norm"] = float(norms.mean())
-        task_params = _detach(
-            adapt(policy, task_params, tb, config.alpha, first_order=True, batched_params=True)
-        )
+        if config.alpha != 0.0:  # same arithmetic as adapt(..., first_order=True)
+            task_params = {n: inputs[n] + config.alpha * g[n].detach() for n in inputs}
+        task_params = _detach(task_params)
     ts = time.perf_counter()
     raw_post = sample(task_params)
     t_sample += time.perf_counter() - ts

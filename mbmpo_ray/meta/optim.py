@@ -197,8 +197,7 @@ def trpo_step(
     cg_damping: float = 1e-5,
     ls_ratio: float = 0.8,
     ls_max_steps: int = 15,
-    eval_surrogate_fn: Callable[[Tensor], Tensor] | None = None,
-    eval_kl_fn: Callable[[Tensor], Tensor] | None = None,
+    eval_fn: Callable[[Tensor], tuple[float, float]] | None = None,
     hvp: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, TRPOInfo]:
     """One TRPO update maximising ``surrogate_fn`` s.t. ``kl_fn <= max_kl``.
@@ -213,9 +212,9 @@ def trpo_step(
         max_kl: trust region ``delta`` (paper 0.01).
         cg_iters, cg_damping: conjugate-gradient iterations and damping.
         ls_ratio, ls_max_steps: line-search shrink factor and number of candidates.
-        eval_surrogate_fn, eval_kl_fn: optional cheaper value-only versions used in the line
-            search; they must return the same values (e.g. a first-order inner step that skips
-            the second-order graph). Default: ``surrogate_fn`` / ``kl_fn``.
+        eval_fn: optional cheaper ``x -> (surrogate, kl)`` for the line search; it must return
+            the same values (e.g. one first-order inner step shared by both, without the
+            second-order graph). Default: ``surrogate_fn`` and ``kl_fn``.
         hvp: optional ready-made damped KL Hessian-vector product at ``x0`` (e.g. from
             :func:`make_gauss_newton_hvp`); default ``make_hvp(kl_fn, x0, cg_damping)``.
 
@@ -223,8 +222,6 @@ def trpo_step(
         ``(x_new, info)``; ``x_new`` equals ``x0`` when the line search rejects every step.
     """
     x0 = x0.detach()
-    eval_surrogate_fn = eval_surrogate_fn or surrogate_fn
-    eval_kl_fn = eval_kl_fn or kl_fn
     x = x0.clone().requires_grad_(True)
     with torch.enable_grad():
         surr0_t = surrogate_fn(x)
@@ -245,8 +242,10 @@ def trpo_step(
     step_size = math.sqrt(2.0 * max_kl / shs)
     full_step = step_size * direction
 
-    def eval_fn(xc: Tensor) -> tuple[float, float]:
-        return float(eval_surrogate_fn(xc).detach()), float(eval_kl_fn(xc).detach())
+    if eval_fn is None:
+
+        def eval_fn(xc: Tensor) -> tuple[float, float]:
+            return float(surrogate_fn(xc).detach()), float(kl_fn(xc).detach())
 
     res = backtracking_line_search(
         eval_fn, x0, full_step, surr0, max_kl, ratio=ls_ratio, max_steps=ls_max_steps
