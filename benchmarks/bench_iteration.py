@@ -86,6 +86,8 @@ def main() -> int:
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
                   flush=True)
+            # results so far survive an interrupted long run
+            report(rows, args, config, overrides, load_before, out_dir, stem)
             if args.iterations is not None and row["iteration"] >= args.iterations:
                 break
             if args.stop_timesteps is not None and row["real_steps"] >= args.stop_timesteps:
@@ -95,7 +97,12 @@ def main() -> int:
         ray.shutdown()
     if not rows:
         return 1
+    print(report(rows, args, config, overrides, load_before, out_dir, stem))
+    return 0
 
+
+def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str) -> str:
+    """Write the CSV, the PNG and the BENCHMARKS.md section for the iterations so far."""
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -136,8 +143,7 @@ def main() -> int:
     if not args.no_write:
         update_section(f"iteration-{config.model_env_id}",
                        f"Per-iteration profile: {config.model_env_id}, paper settings", body)
-    print(body)
-    return 0
+    return body
 
 
 def plot(rows, path: Path, env_id: str) -> Path:

@@ -25,6 +25,7 @@ from mbmpo_ray.envs import make_env
 from mbmpo_ray.models import DynamicsEnsemble
 
 MBMPO_STATE = "mbmpo"
+_TRANSITION_KEYS = ("obs", "act", "next_obs", "reward", "done")
 _MAX_SAMPLE_RETRIES = 3
 _LAST = {"reduce": "mean", "window": 1}  # phase timers report this iteration's seconds
 
@@ -152,12 +153,12 @@ class MBMPO(Algorithm):
         self._counters["real_steps"] += n_new
 
         # 3. fit the ensemble
+        data = self.buffer.all()
         with self.metrics.log_time((TIMERS, "fit_models"), **_LAST):
-            fit = self._fit_ensemble(seed)
+            fit = self._fit_ensemble(data, seed)
 
-        # 4. meta-policy optimisation on the Learner
+        # 4. meta-policy optimisation on the Learner (imagined rollouts start at real states)
         with self.metrics.log_time((TIMERS, "meta_update"), **_LAST):
-            data = self.buffer.all()
             start_ref = ray.put(data["obs"])
             state_ref = ray.put({k: v.cpu() for k, v in self.ensemble.state_dict().items()})
             res = self.learner_group.foreach_learner(
@@ -172,8 +173,12 @@ class MBMPO(Algorithm):
             )
             meta = next(iter(res)).get()
         self._adapted_params = meta["adapted_params"]
-        imagined = cfg.meta_steps_per_iter * (cfg.num_inner_steps + 1) * cfg.num_tasks
-        self._counters["imagined_steps"] += imagined * cfg.rollouts_per_task * cfg.horizon
+        # imaginations: (inner steps + 1) per meta step, plus the inner steps of the final
+        # adaptation; each T x N rollouts of H steps (nominal: terminated rollouts stop early)
+        n_imag = cfg.meta_steps_per_iter * (cfg.num_inner_steps + 1) + cfg.num_inner_steps
+        self._counters["imagined_steps"] += (
+            n_imag * cfg.num_tasks * cfg.rollouts_per_task * cfg.horizon
+        )
 
         # 5. sync theta to the env runners
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
@@ -275,17 +280,15 @@ class MBMPO(Algorithm):
                 f"{_MAX_SAMPLE_RETRIES} retries; check the env runner logs"
             )
         parts = [results[j[0]] for j in jobs]
-        return {
-            k: (sum((p[k] for p in parts), []) if k.startswith("episode_")
-                else np.concatenate([p[k].reshape(len(p["reward"]), -1) if p[k].ndim > 1
-                                     else p[k] for p in parts]))
-            for k in parts[0]
-        }
+        filled = [p for p in parts if len(p["reward"])] or parts[:1]
+        out = {k: np.concatenate([p[k] for p in filled]) for k in _TRANSITION_KEYS}
+        for k in ("episode_returns", "episode_lengths"):
+            out[k] = [x for p in parts for x in p[k]]
+        return out
 
-    def _fit_ensemble(self, seed: int) -> dict[str, float]:
-        """Fit all members: normalisers on all data here, member groups in parallel."""
+    def _fit_ensemble(self, data: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+        """Fit all members on ``data``: normalisers here, member groups in parallel."""
         cfg = self.config
-        data = self.buffer.all()
         self.ensemble.update_normalizers(data["obs"], data["act"], data["next_obs"])
         data_ref = ray.put(data) if self._trainers else data
         calls = []
