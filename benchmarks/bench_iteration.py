@@ -60,6 +60,7 @@ def main() -> int:
     load_before = load_average()
     ray.init(include_dashboard=False, log_to_driver=False)
     algo = config.build_algo()
+    config = algo.config  # validated (knows its env id)
     out_dir = REPO_ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"iteration_{config.model_env_id}"
