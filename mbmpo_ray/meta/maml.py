@@ -23,13 +23,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mbmpo_ray.imagination import task_members
+from mbmpo_ray.imagination import ImaginedBatch, task_members
 from mbmpo_ray.meta.optim import make_gauss_newton_hvp, make_hvp, trpo_step
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import (
@@ -40,9 +40,6 @@ from mbmpo_ray.meta.returns import (
     masked_mean,
     normalize_advantages,
 )
-
-if TYPE_CHECKING:
-    from mbmpo_ray.imagination import ImaginedBatch
 
 Params = dict[str, Tensor]
 
