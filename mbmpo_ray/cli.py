@@ -343,6 +343,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories containing progress.csv")
     p.add_argument("--out", default="learning_curves.png")
     p.set_defaults(func=cmd_plot)
+    parser.subcommands = sub.choices  # name -> subparser, for usage lines on errors
     return parser
 
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as e:
-        parser.print_usage(sys.stderr)
+        parser.subcommands[args.command].print_usage(sys.stderr)
         print(f"mbmpo-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
 
