@@ -124,8 +124,9 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
           f"{r['evaluate_real_s']:.1f}", f"{r['model_epochs']:.0f}"] for r in rows],
     )
     verdict = "met" if mean_total < 180 else "MISSED"
+    learned = rows[-1]["real_steps"] >= 100_000 and rows[-1]["return_pre"] >= 520
     body = "\n".join([
-        *header_lines([1], load_before),
+        *header_lines([config.learner_torch_threads or 1], load_before),
         f"- Settings: the paper's (`tune_configs/{args.env}.py` PAPER) plus "
         f"{overrides}; {os.cpu_count()} CPUs for driver, learner and "
         f"{args.num_model_trainers} model-trainer actors",
@@ -137,7 +138,9 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
         f"model fit {share('fit_models_s'):.1%}, meta update {share('meta_update_s'):.1%}, "
         f"evaluation {share('evaluate_real_s'):.1%}.",
         f"Return after {rows[-1]['real_steps']:,} real steps: {rows[-1]['return_pre']:.1f} "
-        f"(pre-update), {rows[-1]['return_adapted']:.1f} (adapted); target >= 520 at 100,000.",
+        f"(pre-update), {rows[-1]['return_adapted']:.1f} (adapted); best pre-update return "
+        f"{max(r['return_pre'] for r in rows):.1f}; target >= 520 at 100,000: "
+        f"**{'met' if learned else 'not met'}**.",
         "",
         f"![learning curve and phase times](benchmarks/results/{png.name})",
     ])
