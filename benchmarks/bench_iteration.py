@@ -46,6 +46,8 @@ def main() -> int:
                    help="override a paper setting (recorded in the report)")
     p.add_argument("--num-model-trainers", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--tag", default="", help="suffix of the output files and section (keeps "
+                   "earlier runs' results side by side)")
     args = p.parse_args()
     if args.iterations is None and args.stop_timesteps is None:
         args.iterations = 2
@@ -63,7 +65,7 @@ def main() -> int:
     config = algo.config  # validated (knows its env id)
     out_dir = REPO_ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"iteration_{config.model_env_id}"
+    stem = f"iteration_{config.model_env_id}" + (f"_{args.tag}" if args.tag else "")
     rows = []
     try:
         while True:
@@ -83,6 +85,11 @@ def main() -> int:
                 "optimize_s": meta.get("time_optimize_mean_over_steps", float("nan"))
                 * config.meta_steps_per_iter,
                 "model_epochs": r.get("model", {}).get("epochs_mean", float("nan")),
+                "model_val_loss": r.get("model", {}).get("val_loss_mean", float("nan")),
+                # imagined (model) returns of the last meta step: pre-update / adapted
+                "imagined_pre": meta.get("pre_return_mean", float("nan")),
+                "imagined_adapted": meta.get("post_return_mean", float("nan")),
+                "policy_std": meta.get("policy_std_mean", float("nan")),
             }
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
@@ -116,12 +123,16 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
     share = lambda k: float(np.mean([r[k] / r["total_s"] for r in steady]))  # noqa: E731
     table = markdown_table(
         ["iter", "real steps", "return (pre)", "return (adapted)", "total s", "sample s",
-         "fit s", "meta s (imagine / optimise)", "eval s", "model epochs"],
+         "fit s", "meta s (imagine / optimise)", "eval s", "model epochs", "model val MSE",
+         "imagined return (pre / adapted)", "policy std"],
         [[r["iteration"], r["real_steps"], f"{r['return_pre']:.1f}",
           f"{r['return_adapted']:.1f}", f"{r['total_s']:.1f}", f"{r['sample_real_s']:.1f}",
           f"{r['fit_models_s']:.1f}",
           f"{r['meta_update_s']:.1f} ({r['imagine_s']:.1f} / {r['optimize_s']:.1f})",
-          f"{r['evaluate_real_s']:.1f}", f"{r['model_epochs']:.0f}"] for r in rows],
+          f"{r['evaluate_real_s']:.1f}", f"{r['model_epochs']:.0f}",
+          f"{r['model_val_loss']:.4f}",
+          f"{r['imagined_pre']:.0f} / {r['imagined_adapted']:.0f}",
+          f"{r['policy_std']:.2f}"] for r in rows],
     )
     verdict = "met" if mean_total < 180 else "MISSED"
     learned = rows[-1]["real_steps"] >= 100_000 and rows[-1]["return_pre"] >= 520
@@ -145,8 +156,9 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
         f"![learning curve and phase times](benchmarks/results/{png.name})",
     ])
     if not args.no_write:
-        update_section(f"iteration-{config.model_env_id}",
-                       f"Per-iteration profile: {config.model_env_id}, paper settings", body)
+        title = f"Per-iteration profile: {config.model_env_id}, paper settings"
+        update_section(stem.replace("_", "-"), title + (f" ({args.tag})" if args.tag else ""),
+                       body)
     return body
 
 
@@ -160,6 +172,8 @@ def plot(rows, path: Path, env_id: str) -> Path:
     x = [r["real_steps"] for r in rows]
     a.plot(x, [r["return_pre"] for r in rows], "o-", label="pre-update policy")
     a.plot(x, [r["return_adapted"] for r in rows], "s--", label="adapted policies")
+    a.plot(x, [r.get("imagined_pre", np.nan) for r in rows], ":", color="gray",
+           label="imagined (model), pre-update")
     a.axhline(520, color="gray", ls=":", label="legacy RLlib @100k (520)")
     a.set_xlabel("real env steps")
     a.set_ylabel("return")

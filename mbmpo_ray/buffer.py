@@ -109,6 +109,11 @@ class TransitionBuffer:
         order = self._order()
         return {k: self._data[k][order] for k in _FIELDS}
 
+    def row_ids(self) -> np.ndarray:
+        """Lifetime insertion index of every row, in :meth:`all` order (stable across adds,
+        so it can key a fixed train/holdout split)."""
+        return np.arange(self.total_added - self._size, self.total_added, dtype=np.int64)
+
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``n`` transitions drawn uniformly with replacement."""
         if self._size == 0:

@@ -61,6 +61,9 @@ TRAINING_DEFAULTS: dict[str, tuple[Any, str]] = {
     "ppo_epochs": (5, "PPO epochs per meta step (outer_optimizer='ppo')"),
     "ppo_lr": (1e-3, "PPO Adam learning rate (outer_optimizer='ppo')"),
     "deterministic_model_rollouts": (True, "imagine with the mean prediction of each member"),
+    "imagine_from": ("reset", "start states of imagined rollouts: 'reset' (fresh initial states "
+                     "of the real env, as the paper's code) or 'buffer' (any real state seen)"),
+    "num_start_states": (5000, "start states drawn per iteration for imagine_from='reset'"),
     "policy_hidden_sizes": ((32, 32), "hidden sizes of the Gaussian MLP policy"),
     "policy_activation": ("tanh", "activation of the policy"),
     "init_log_std": (0.0, "initial log standard deviation of the policy"),
@@ -233,6 +236,10 @@ class MBMPOConfig(AlgorithmConfig):
             )
         if self.eval_episodes_per_iter < 0:
             fail("eval_episodes_per_iter must be >= 0")
+        if self.imagine_from not in ("reset", "buffer"):
+            fail(f"imagine_from must be 'reset' or 'buffer', got {self.imagine_from!r}")
+        if self.num_start_states < 1:
+            fail(f"num_start_states must be >= 1, got {self.num_start_states}")
         if self.num_learners > 1:
             fail("MBMPO runs its meta-learner on one Learner: use .learners(num_learners=0 or 1)")
         try:

@@ -119,7 +119,7 @@ class MBMPO(Algorithm):
         self._act_dim = int(env.action_space.shape[0])
         self._act_low = env.action_space.low.astype(np.float32)
         self._act_high = env.action_space.high.astype(np.float32)
-        env.close()
+        self._reset_env = env  # draws the initial states imagined rollouts start from
 
         self.buffer = TransitionBuffer(self._obs_dim, self._act_dim, cfg.buffer_capacity)
         self._ensemble_kwargs = cfg.ensemble_kwargs(self._obs_dim, self._act_dim)
@@ -153,13 +153,13 @@ class MBMPO(Algorithm):
         self._counters["real_steps"] += n_new
 
         # 3. fit the ensemble
-        data = self.buffer.all()
+        data = {**self.buffer.all(), "row_ids": self.buffer.row_ids()}
         with self.metrics.log_time((TIMERS, "fit_models"), **_LAST):
             fit = self._fit_ensemble(data, seed)
 
         # 4. meta-policy optimisation on the Learner (imagined rollouts start at real states)
         with self.metrics.log_time((TIMERS, "meta_update"), **_LAST):
-            start_ref = ray.put(data["obs"])
+            start_ref = ray.put(self._start_states(data["obs"], seed))
             state_ref = ray.put({k: v.cpu() for k, v in self.ensemble.state_dict().items()})
             res = self.learner_group.foreach_learner(
                 lambda learner, **kw: learner.meta_update(**kw),
@@ -231,6 +231,17 @@ class MBMPO(Algorithm):
         out = self._run_on_runners(jobs)
         out["random"] = random
         return out
+
+    def _start_states(self, buffer_obs: np.ndarray, seed: int) -> np.ndarray:
+        """Real states imagined rollouts start from: fresh ``reset()`` observations of the real
+        env (``imagine_from='reset'``; resets are not env steps) or every state in the buffer."""
+        cfg = self.config
+        if cfg.imagine_from == "buffer":
+            return buffer_obs
+        env = self._reset_env
+        first, _ = env.reset(seed=seed)
+        rest = [env.reset()[0] for _ in range(cfg.num_start_states - 1)]
+        return np.asarray([first, *rest], dtype=np.float32)
 
     def _job_seed(self, job: int) -> int:
         """Seed of sampling job ``job`` in the current iteration (derived, so never stored)."""
@@ -381,6 +392,7 @@ class MBMPO(Algorithm):
 
     @override(Algorithm)
     def cleanup(self) -> None:
+        self._reset_env.close()
         for t in self._trainers:
             ray.kill(t)
         super().cleanup()

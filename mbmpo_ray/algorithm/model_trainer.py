@@ -19,7 +19,8 @@ def fit_members(
     seed: int,
     optimizer_state: dict | None,
 ) -> tuple[dict[str, torch.Tensor], FitResult, dict]:
-    """Fit a subset of members (given as a :meth:`DynamicsEnsemble.member_state`) on ``data``.
+    """Fit a subset of members (given as a :meth:`DynamicsEnsemble.member_state`) on ``data``
+    (``obs``, ``act``, ``next_obs`` and optionally ``row_ids`` for a fixed holdout split).
 
     ``ensemble_kwargs`` describe an ensemble of just these members (``ensemble_size`` = subset).
 
@@ -31,7 +32,7 @@ def fit_members(
     gen = torch.Generator().manual_seed(int(seed))
     result, opt_state = fit_ensemble(
         sub, data["obs"], data["act"], data["next_obs"], fit_config,
-        generator=gen, optimizer_state=optimizer_state,
+        generator=gen, optimizer_state=optimizer_state, row_ids=data.get("row_ids"),
     )
     return sub.member_state(range(size)), result, opt_state
 

@@ -139,6 +139,28 @@ def _copy_members(
         d.copy_(torch.where(m, s, d))
 
 
+def _stable_split(
+    row_ids: np.ndarray, n: int, ratio: float, max_holdout: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(val_idx, train_idx)``: row ``i`` is held out iff a hash of ``row_ids[i]`` falls below
+    ``ratio`` (the same ids always give the same answer); at most ``max_holdout`` held-out rows
+    (those with the largest ids) and at least one training row."""
+    ids = np.asarray(row_ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"row_ids must be {n} integers (one per row), got {ids.dtype} {ids.shape}")
+    # Fibonacci hashing: the top 24 bits of id * 2^64/phi are spread uniformly over [0, 1)
+    h = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    held = (h.astype(np.float64) / float(1 << 24)) < ratio
+    val = np.flatnonzero(held)
+    if len(val) > max_holdout:
+        val = val[np.argsort(ids[val], kind="stable")[len(val) - max_holdout:]]
+    if len(val) >= n:
+        val = val[1:]
+    train_mask = np.ones(n, bool)
+    train_mask[val] = False
+    return torch.from_numpy(np.sort(val)), torch.from_numpy(np.flatnonzero(train_mask))
+
+
 def fit_ensemble(
     ensemble: DynamicsEnsemble,
     obs: torch.Tensor | np.ndarray,
@@ -149,14 +171,16 @@ def fit_ensemble(
     generator: torch.Generator | None = None,
     optimizer_state: dict[str, Any] | None = None,
     log_fn: LogFn | None = None,
+    row_ids: np.ndarray | None = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit every member of ``ensemble`` in place on transitions ``(obs, act, next_obs)``.
 
     The ensemble is warm-started (training continues from its current weights); pass the
     returned optimiser state back as ``optimizer_state`` to warm-start Adam too.
 
-    Procedure: a random held-out split shared by all members (``holdout_ratio``, capped at
-    ``max_holdout``; if empty, validation uses up to ``max_holdout`` training rows); the
+    Procedure: a held-out split shared by all members (``holdout_ratio``, capped at
+    ``max_holdout``; if empty, validation uses up to ``max_holdout`` training rows), random per
+    call or, with ``row_ids``, a fixed function of each row's id; the
     normalisers are refitted on the training rows; each member gets its own bootstrap resample
     (or permutation) of the training rows, reshuffled per epoch; each step gathers a
     ``K x batch x I`` tensor and takes one Adam step for the whole ensemble. After every epoch
@@ -174,6 +198,11 @@ def fit_ensemble(
         generator: CPU RNG for the split, bootstrap and shuffling (reproducible fits).
         optimizer_state: ``state_dict`` of the Adam optimiser returned by a previous call.
         log_fn: Called as ``log_fn(epoch, train_loss_K, val_loss_K)`` after every epoch.
+        row_ids: Optional stable integer id per row (e.g. its lifetime index in a replay
+            buffer). A row is then held out in every call or in none, so a warm-started fit
+            validates on rows it has never trained on (a fresh random split per call would let
+            rows trained on last time into the holdout and stop training too early). Beyond
+            ``max_holdout``, the held-out rows with the largest ids (the newest) are used.
 
     Returns:
         ``(result, optimizer_state)``. If a loss became non-finite, the ensemble (weights,
@@ -196,9 +225,13 @@ def fit_ensemble(
     n, k = obs_t.shape[0], ensemble.ensemble_size
 
     # ---- shared held-out split
-    perm = torch.randperm(n, generator=generator)
-    n_val = min(int(n * cfg.holdout_ratio), cfg.max_holdout, n - 1)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if row_ids is None:
+        perm = torch.randperm(n, generator=generator)
+        n_val = min(int(n * cfg.holdout_ratio), cfg.max_holdout, n - 1)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+    else:
+        val_idx, train_idx = _stable_split(row_ids, n, cfg.holdout_ratio, cfg.max_holdout)
+        n_val = val_idx.numel()
     n_train = train_idx.numel()
 
     # ---- snapshots for the divergence guard (never modified afterwards)

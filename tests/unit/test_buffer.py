@@ -20,6 +20,7 @@ def test_grows_then_overwrites_oldest_first():
     assert len(buf) == 2500 and buf.total_added == 4000
     ids = buf.all()["obs"][:, 0]
     np.testing.assert_array_equal(ids, np.arange(1500, 4000))
+    np.testing.assert_array_equal(buf.row_ids(), np.arange(1500, 4000))  # lifetime index
 
 
 def test_state_round_trip_is_exact_and_picklable():
