@@ -81,6 +81,49 @@ class ImaginedBatch:
         return ImaginedBatch(**moved)
 
 
+@dataclass
+class StateBounds:
+    """Box an imagined transition is clipped to: the next state to ``[obs_low, obs_high]`` and
+    the per-step change to ``[delta_low, delta_high]`` (all ``D``-vectors).
+
+    A model queried far outside its data can extrapolate without bound; a policy optimised in
+    it then chases astronomically large imagined returns (seen on HalfCheetah-v5 after the
+    random-action data: imagined returns of ~1e16). The original MB-MPO code clips imagined
+    observations for the same reason.
+    """
+
+    obs_low: Tensor
+    obs_high: Tensor
+    delta_low: Tensor
+    delta_high: Tensor
+
+    @classmethod
+    def from_transitions(cls, obs, next_obs, margin: float = 1.0) -> StateBounds:
+        """The range of the real states and state changes, widened on each side by ``margin``
+        times its width (so imagined states may go somewhat beyond what was seen, e.g. a faster
+        gait, but not arbitrarily far)."""
+        obs, next_obs = torch.as_tensor(obs), torch.as_tensor(next_obs)
+        if margin < 0 or obs.ndim != 2 or obs.shape != next_obs.shape or len(obs) == 0:
+            raise ValueError("need margin >= 0 and matching non-empty N x D obs / next_obs")
+
+        def widened(x: Tensor) -> tuple[Tensor, Tensor]:
+            lo, hi = x.min(0).values, x.max(0).values
+            pad = margin * (hi - lo)
+            return lo - pad, hi + pad
+
+        obs_low, obs_high = widened(torch.cat((obs, next_obs)))
+        delta_low, delta_high = widened(next_obs - obs)
+        return cls(obs_low, obs_high, delta_low, delta_high)
+
+    def to(self, device=None, dtype=None) -> StateBounds:
+        return StateBounds(*(getattr(self, f.name).to(device=device, dtype=dtype)
+                             for f in fields(self)))
+
+    def clip(self, obs: Tensor, next_obs: Tensor) -> Tensor:
+        delta = torch.minimum(torch.maximum(next_obs - obs, self.delta_low), self.delta_high)
+        return torch.minimum(torch.maximum(obs + delta, self.obs_low), self.obs_high)
+
+
 def task_members(num_tasks: int, ensemble_size: int) -> Tensor:
     """Member index of every task, ``[T]``: task ``t`` uses member ``t // (T // K)``.
 
@@ -108,6 +151,7 @@ def imagine(
     generator: torch.Generator | None = None,
     deterministic_model: bool = True,
     compute_disagreement: bool = False,
+    bounds: StateBounds | None = None,
 ) -> ImaginedBatch:
     """Roll a policy out in the ensemble for ``horizon`` steps from real start states.
 
@@ -125,6 +169,8 @@ def imagine(
         deterministic_model: use the mean prediction of a probabilistic ensemble.
         compute_disagreement: also step every member on every row to measure model disagreement
             (K times the model FLOPs; for diagnostics).
+        bounds: if given, every predicted next state is clipped to it (:class:`StateBounds`)
+            before the reward and termination functions see it.
 
     Returns:
         An :class:`ImaginedBatch`. After a rollout terminates, its state is frozen, rewards are 0
@@ -154,6 +200,8 @@ def imagine(
                 deterministic=deterministic_model,
                 generator=generator,
             ).reshape(T, N, D)
+            if bounds is not None:
+                next_obs = bounds.clip(obs, next_obs)
             if compute_disagreement:
                 all_next = dynamics.sample_next_obs(
                     obs.reshape(1, T * N, D).expand(K, -1, -1),

@@ -64,6 +64,9 @@ TRAINING_DEFAULTS: dict[str, tuple[Any, str]] = {
     "imagine_from": ("reset", "start states of imagined rollouts: 'reset' (fresh initial states "
                      "of the real env, as the paper's code) or 'buffer' (any real state seen)"),
     "num_start_states": (5000, "start states drawn per iteration for imagine_from='reset'"),
+    "imagine_clip_margin": (1.0, "imagined states and per-step state changes are clipped to "
+                            "their real-data range widened by this many widths per side "
+                            "(None: no clipping); stops exploding model rollouts"),
     "policy_hidden_sizes": ((32, 32), "hidden sizes of the Gaussian MLP policy"),
     "policy_activation": ("tanh", "activation of the policy"),
     "init_log_std": (0.0, "initial log standard deviation of the policy"),
@@ -238,6 +241,8 @@ class MBMPOConfig(AlgorithmConfig):
             fail("eval_episodes_per_iter must be >= 0")
         if self.imagine_from not in ("reset", "buffer"):
             fail(f"imagine_from must be 'reset' or 'buffer', got {self.imagine_from!r}")
+        if self.imagine_clip_margin is not None and not self.imagine_clip_margin >= 0:
+            fail(f"imagine_clip_margin must be >= 0 or None, got {self.imagine_clip_margin}")
         if self.num_start_states < 1:
             fail(f"num_start_states must be >= 1, got {self.num_start_states}")
         if self.num_learners > 1:

@@ -12,7 +12,7 @@ from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 from ray.rllib.utils.annotations import override
 
 from mbmpo_ray.envs import get_env_spec
-from mbmpo_ray.imagination import imagine
+from mbmpo_ray.imagination import StateBounds, imagine
 from mbmpo_ray.meta import adapt, meta_step, process_batch
 from mbmpo_ray.models import DynamicsEnsemble
 
@@ -59,6 +59,7 @@ class MBMPOTorchLearner(TorchLearner):
         action_high: np.ndarray,
         num_steps: int,
         seed: int,
+        bounds: StateBounds | None = None,
     ) -> dict[str, Any]:
         """``num_steps`` meta steps, then the adapted policies theta'_k for real sampling.
 
@@ -69,6 +70,7 @@ class MBMPOTorchLearner(TorchLearner):
             num_steps: meta steps to run.
             seed: seeds this call's torch generator (derived from the iteration by the caller,
                 so a restored run draws the same numbers).
+            bounds: box imagined transitions are clipped to (None: no clipping).
 
         Returns:
             ``{"diagnostics": {...}, "adapted_params": [K dicts of numpy arrays]}``.
@@ -91,6 +93,8 @@ class MBMPOTorchLearner(TorchLearner):
         low = torch.as_tensor(action_low, dtype=torch.float32, device=dev)
         high = torch.as_tensor(action_high, dtype=torch.float32, device=dev)
         T, N = cfg.num_tasks, cfg.rollouts_per_task
+        if bounds is not None:
+            bounds = bounds.to(device=dev, dtype=torch.float32)
 
         def sample_fn(task_params):
             idx = torch.randint(len(start), (T, N), generator=gen, device=dev)
@@ -105,6 +109,7 @@ class MBMPOTorchLearner(TorchLearner):
                 action_high=high,
                 generator=gen,
                 deterministic_model=cfg.deterministic_model_rollouts,
+                bounds=bounds,
             )
 
         params = {k: v.to(dev) for k, v in module.policy_params().items()}

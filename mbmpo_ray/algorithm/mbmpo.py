@@ -22,6 +22,7 @@ from mbmpo_ray.algorithm.config import MBMPOConfig
 from mbmpo_ray.algorithm.model_trainer import ModelTrainer, fit_members
 from mbmpo_ray.buffer import TransitionBuffer
 from mbmpo_ray.envs import make_env
+from mbmpo_ray.imagination import StateBounds
 from mbmpo_ray.models import DynamicsEnsemble
 
 MBMPO_STATE = "mbmpo"
@@ -160,12 +161,18 @@ class MBMPO(Algorithm):
         # 4. meta-policy optimisation on the Learner (imagined rollouts start at real states)
         with self.metrics.log_time((TIMERS, "meta_update"), **_LAST):
             start_ref = ray.put(self._start_states(data["obs"], seed))
+            bounds = None
+            if cfg.imagine_clip_margin is not None:
+                bounds = StateBounds.from_transitions(
+                    data["obs"], data["next_obs"], cfg.imagine_clip_margin
+                )
             state_ref = ray.put({k: v.cpu() for k, v in self.ensemble.state_dict().items()})
             res = self.learner_group.foreach_learner(
                 lambda learner, **kw: learner.meta_update(**kw),
                 ensemble_kwargs=self._ensemble_kwargs,
                 ensemble_state=state_ref,
                 start_obs=start_ref,
+                bounds=bounds,
                 action_low=self._act_low,
                 action_high=self._act_high,
                 num_steps=cfg.meta_steps_per_iter,

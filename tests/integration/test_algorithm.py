@@ -103,9 +103,34 @@ def test_evaluate_pre_and_post_adaptation():
         algo.stop()
 
 
+def test_imagined_start_states_are_reset_states_or_the_buffer():
+    """imagine_from='reset': fresh initial states of the real env (HalfCheetah-v5 resets lie
+    within +-0.1 of qpos0 and have small velocities; seeded, so restores draw the same);
+    'buffer': every state in the buffer."""
+    for mode in ("reset", "buffer"):
+        algo = tiny("HalfCheetah-v5", imagine_from=mode, num_start_states=300).build_algo()
+        try:
+            algo.train()
+            obs = algo.buffer.all()["obs"]
+            starts = algo._start_states(obs, seed=7)
+            if mode == "buffer":
+                assert starts is obs
+                continue
+            assert starts.shape == (300, obs.shape[1])
+            np.testing.assert_array_equal(starts, algo._start_states(obs, seed=7))
+            assert not np.array_equal(starts, algo._start_states(obs, seed=8))
+            assert len(np.unique(starts, axis=0)) == 300
+            # positions (after the kept x) within the reset noise; the buffer wanders further
+            assert np.abs(starts[:, 1:9]).max() <= 0.1 + 1e-6
+            assert np.abs(obs[:, 1:9]).max() > 0.1
+        finally:
+            algo.stop()
+
+
 @pytest.mark.parametrize(
     "settings, match",
     [
+        (dict(imagine_from="replay"), "imagine_from"),
         (dict(num_tasks=3), "multiple of ensemble_size"),
         (dict(inner_lr=-0.1), "inner_lr"),
         (dict(horizon=0), "horizon"),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mbmpo_ray.imagination import imagine, task_members
+from mbmpo_ray.imagination import StateBounds, imagine, task_members
 
 
 class LinearMembers:
@@ -67,3 +67,27 @@ def test_disagreement_measures_member_spread():
                     compute_disagreement=True)
     # members predict 1 and 2 for the same input: std (unbiased) = 1/sqrt(2)
     torch.testing.assert_close(batch.disagreement, torch.full((2, 1, 1), 0.5 ** 0.5))
+
+
+def test_state_bounds_clip_changes_and_states_to_the_widened_data_range():
+    obs = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    nxt = torch.tensor([[0.5, 0.0], [1.0, 3.0]])  # deltas: dim0 in [0, 0.5], dim1 in [0, 1]
+    b = StateBounds.from_transitions(obs, nxt, margin=1.0)
+    torch.testing.assert_close(b.delta_low, torch.tensor([-0.5, -1.0]))
+    torch.testing.assert_close(b.delta_high, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(b.obs_low, torch.tensor([-1.0, -3.0]))
+    torch.testing.assert_close(b.obs_high, torch.tensor([2.0, 6.0]))
+    # member 1 of LinearMembers moves by 2 per step with action 1: the change is cut to 1.0
+    # per step in dim 0 (dim 1 allows 2.0), and the state stops at the box edge (2.0, 6.0)
+    start = torch.zeros(2, 1, 2)
+    batch = imagine(LinearMembers(2), const_policy(1.0), start, 4, lambda o, a, n: n[..., 0],
+                    None, action_low=-1.0, action_high=1.0, bounds=b)
+    torch.testing.assert_close(batch.next_obs[1, 0, :, 0], torch.tensor([1.0, 2.0, 2.0, 2.0]))
+    torch.testing.assert_close(batch.next_obs[1, 0, :, 1], torch.tensor([2.0, 4.0, 6.0, 6.0]))
+    # member 0 moves by 1 per step (within the change bound) and also stops at the box edge
+    torch.testing.assert_close(batch.next_obs[0, 0, :, 0], torch.tensor([1.0, 2.0, 2.0, 2.0]))
+    free = imagine(LinearMembers(2), const_policy(1.0), start, 4, lambda o, a, n: n[..., 0],
+                   None, action_low=-1.0, action_high=1.0)
+    assert free.next_obs[1, 0, -1, 0] == 8.0  # without bounds the state runs away
+    with pytest.raises(ValueError, match="margin >= 0"):
+        StateBounds.from_transitions(obs, nxt, margin=-1.0)
