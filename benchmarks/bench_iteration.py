@@ -90,6 +90,8 @@ def main() -> int:
                 "imagined_pre": meta.get("pre_return_mean", float("nan")),
                 "imagined_adapted": meta.get("post_return_mean", float("nan")),
                 "policy_std": meta.get("policy_std_mean", float("nan")),
+                # TRPO line search: mean accepted fraction of the full step over the meta steps
+                "ls_step_fraction": meta.get("ls_step_fraction_mean_over_steps", float("nan")),
             }
             rows.append(row)
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()},
