@@ -48,7 +48,12 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--tag", default="", help="suffix of the output files and section (keeps "
                    "earlier runs' results side by side)")
+    p.add_argument("--compare", action="store_true", help="only plot the return curves of every "
+                   "earlier run of --env (results/iteration_<env>*.csv) into one PNG")
     args = p.parse_args()
+    if args.compare:
+        print(compare(args.env))
+        return 0
     if args.iterations is None and args.stop_timesteps is None:
         args.iterations = 2
 
@@ -162,6 +167,42 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
         update_section(stem.replace("_", "-"), title + (f" ({args.tag})" if args.tag else ""),
                        body)
     return body
+
+
+def compare(env: str) -> Path:
+    """``iteration_<env id>_compare.png``: pre-update and adapted real returns of every saved
+    run of ``env`` (one CSV per ``--tag``) against real steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import tune_configs
+
+    env_id, _ = tune_configs.training_settings(env, "paper")
+    out_dir = REPO_ROOT / "benchmarks" / "results"
+    paths = sorted(p for p in out_dir.glob(f"iteration_{env_id}*.csv"))
+    if not paths:
+        raise SystemExit(f"no results/iteration_{env_id}*.csv yet; run this script first")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tag = path.stem.removeprefix(f"iteration_{env_id}").lstrip("_") or "v1"
+        x = [int(r["real_steps"]) for r in rows]
+        a.plot(x, [float(r["return_pre"]) for r in rows], "o-", ms=3, label=tag)
+        b.plot(x, [float(r["return_adapted"]) for r in rows], "s-", ms=3, label=tag)
+    for ax, what in ((a, "pre-update policy"), (b, "adapted policies")):
+        ax.axhline(520, color="gray", ls=":", label="legacy RLlib @100k (520)")
+        ax.set_xlabel("real env steps")
+        ax.set_title(f"{env_id}: {what}")
+        ax.legend(fontsize=8)
+    a.set_ylabel("real return (H=200)")
+    fig.tight_layout()
+    png = out_dir / f"iteration_{env_id}_compare.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
 
 
 def plot(rows, path: Path, env_id: str) -> Path:
