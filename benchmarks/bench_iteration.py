@@ -9,6 +9,14 @@ the iteration time.
 
     .venv/bin/python benchmarks/bench_iteration.py --iterations 3            # profile
     .venv/bin/python benchmarks/bench_iteration.py --stop-timesteps 100000  # learning curve
+    .venv/bin/python benchmarks/bench_iteration.py --compare                # curves of all runs
+
+The run recorded in BENCHMARKS.md as v3 (one model trainer per member, so a member that stops
+early frees its share of the two cores):
+
+    .venv/bin/python benchmarks/bench_iteration.py --stop-timesteps 100000 \
+        --num-model-trainers 5 --set num_cpus_per_model_trainer=0.4 \
+        --set learner_torch_threads=2 --set eval_episodes_per_iter=10 --tag v3
 
 Targets (issue 4): a paper-size iteration (30 meta steps) under 180 s on this 2-core machine
 (legacy RLlib: 350-440 s on 20 workers + 1 GPU), and return >= 520 at 100,000 real steps.
