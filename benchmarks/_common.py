@@ -234,7 +234,7 @@ def fitted_ensemble(data: dict, epochs: int, seed: int = 0, hidden=(512, 512), k
     ens = DynamicsEnsemble(OBS_DIM, ACT_DIM, ensemble_size=k, hidden_sizes=hidden)
     fit_ensemble(
         ens, data["obs"], data["act"], data["next_obs"],
-        FitConfig(max_epochs=epochs, patience=epochs + 1),
+        FitConfig(model_max_epochs=epochs, model_patience=epochs + 1),
         generator=torch.Generator().manual_seed(seed),
     )
     return ens.eval()

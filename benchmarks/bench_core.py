@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from mbmpo_ray.envs import get_env_spec
 from mbmpo_ray.imagination import imagine
 from mbmpo_ray.meta import GaussianMLPPolicy
-from mbmpo_ray.models import DynamicsEnsemble, FitConfig, fit_ensemble
+from mbmpo_ray.models import DynamicsEnsemble, FitConfig, fit_ensemble, train_step
 
 K = 5  # ensemble members
 HIDDEN = (512, 512)  # model hidden sizes (ReLU)
@@ -297,12 +297,8 @@ def main() -> None:
         plains.append(nn.Sequential(*layers))
     plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plains]
 
-    def ens_step(model, opt, idx):
-        losses = model.member_losses(x_all[idx], y_all[idx])
-        loss = losses.sum() + model.regularization_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def ens_step(model, opt, idx):  # the step fit_ensemble takes, on K x MODEL_BATCH rows
+        train_step(model, opt, x_all[idx], y_all[idx])
 
     def train_batched(steps: int = grad_steps):
         for s in range(steps):
@@ -326,10 +322,10 @@ def main() -> None:
                 loss.backward()
                 plain_opts[k].step()
 
-    fit_cfg = FitConfig(max_epochs=1, batch_size=MODEL_BATCH)
+    fit_cfg = FitConfig(model_max_epochs=1, model_batch_size=MODEL_BATCH)
     fit_batched_model = DynamicsEnsemble(C.OBS_DIM, C.ACT_DIM, K, HIDDEN)
     fit_single_models = [DynamicsEnsemble(C.OBS_DIM, C.ACT_DIM, 1, HIDDEN) for _ in range(K)]
-    n_train = n_rows - min(int(n_rows * fit_cfg.holdout_ratio), fit_cfg.max_holdout, n_rows - 1)
+    n_train = n_rows - fit_cfg.holdout_size(n_rows)
 
     def fit_batched():
         fit_ensemble(fit_batched_model, data["obs"], data["act"], data["next_obs"], fit_cfg,

@@ -48,12 +48,13 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def build_config(args: argparse.Namespace):
     """MBMPOConfig from --config/--env, --variant, --set, --seed and --num-env-runners."""
     import tune_configs
-    from mbmpo_ray.algorithm.config import TRAINING_DEFAULTS
+    from mbmpo_ray.algorithm.mbmpo.config import setting_docs
 
     overrides = _parse_set(args.set)
-    unknown = sorted(k for k in overrides if k not in TRAINING_DEFAULTS)
+    valid = setting_docs()
+    unknown = sorted(k for k in overrides if k not in valid)
     if unknown:
-        raise CLIError(f"unknown --set key(s) {unknown}; valid keys: {sorted(TRAINING_DEFAULTS)}")
+        raise CLIError(f"unknown --set key(s) {unknown}; valid keys: {sorted(valid)}")
     name = args.config or args.env
     if name is None:
         raise CLIError("give --config NAME|PATH or --env ENV_ID")
@@ -129,8 +130,21 @@ def _progress_line(row: dict[str, Any], stop: int | None, eta_s: float | None) -
     )
 
 
+def list_settings() -> str:
+    """Every ``--set`` key with its default and one-line doc."""
+    from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig, setting_docs
+
+    defaults = MBMPOConfig()
+    width = max(map(len, setting_docs()))
+    return "\n".join(f"{name:<{width}}  {getattr(defaults, name)!r:<12}  {doc}"
+                     for name, doc in sorted(setting_docs().items()))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train until ``--stop-timesteps`` real steps (or ``--iterations``)."""
+    if args.list_settings:
+        print(list_settings())
+        return 0
     config, stop = build_config(args)
     if args.iterations is None and stop is None:
         raise CLIError("give --stop-timesteps N or --iterations N")
@@ -141,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     print(f"MB-MPO on {config.model_env_id}: K={config.ensemble_size}, "
           f"{config.num_tasks} tasks x {config.rollouts_per_task} rollouts x H={config.horizon}, "
-          f"{config.meta_steps_per_iter} meta steps/iter, alpha={config.inner_lr}; "
+          f"{config.meta_steps_per_iter} meta steps/iter, inner_lr={config.inner_lr}; "
           f"stop at {f'{stop:,} real steps' if stop else f'{args.iterations} iterations'}; "
           f"output in {out}/", flush=True)
     algo = config.build_algo()
@@ -315,6 +329,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="stop after this many iterations")
     p.add_argument("--output", help="output directory (default runs/<env>)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="iterations (0: end only)")
+    p.add_argument("--list-settings", action="store_true",
+                   help="print every --set key with its default and doc, then exit")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="run or resume a Tune sweep from tune_configs/sweeps.py")

@@ -4,6 +4,14 @@ One tensor program per time step covers every (task, rollout) pair: tasks are gr
 ensemble member that plays their dynamics, so a single ``sample_next_obs`` call on a ``K x B x D``
 tensor steps all members at once (never a gym-style env per model, never a Python loop over
 members).
+
+* :func:`imagine` -- roll a policy out from given ``T x N`` start states;
+* :class:`ImaginationSampler` -- draw the start states from real states, then :func:`imagine`
+  with task-batched policy parameters (what a meta step samples);
+* :func:`task_members` -- the task -> member mapping (:func:`first_task_of_each_member`).
+
+Only torch is needed here (no Ray, and no import of :mod:`mbmpo_ray.meta`, which imports this
+module): the policy is duck-typed.
 """
 
 from __future__ import annotations
@@ -16,6 +24,20 @@ import torch
 from torch import Tensor
 
 PolicyFn = Callable[[Tensor, "torch.Generator | None"], "tuple[Tensor, Tensor]"]
+
+
+class TaskBatchedPolicy(Protocol):
+    """What :class:`ImaginationSampler` needs from a policy (e.g.
+    :class:`mbmpo_ray.meta.GaussianMLPPolicy`): ``sample(params, obs_T_N_D, generator,
+    batched=True) -> (raw_action_T_N_A, log_prob_T_N)`` with one parameter set per task."""
+
+    def sample(
+        self,
+        params: dict[str, Tensor],
+        obs: Tensor,
+        generator: torch.Generator | None = None,
+        batched: bool = False,
+    ) -> tuple[Tensor, Tensor]: ...
 
 
 class Dynamics(Protocol):
@@ -138,6 +160,15 @@ def task_members(num_tasks: int, ensemble_size: int) -> Tensor:
     return torch.arange(num_tasks) // (num_tasks // ensemble_size)
 
 
+def first_task_of_each_member(num_tasks: int, ensemble_size: int) -> list[int]:
+    """Index of the first task each member plays, in member order (``K`` ints), from
+    :func:`task_members`: e.g. to pick one adapted policy per member."""
+    members = task_members(num_tasks, ensemble_size)
+    first = torch.ones(num_tasks, dtype=torch.bool)
+    first[1:] = members[1:] != members[:-1]
+    return torch.nonzero(first).flatten().tolist()
+
+
 def imagine(
     dynamics: Dynamics,
     policy_fn: PolicyFn,
@@ -239,3 +270,87 @@ def imagine(
         next_obs=stack(next_steps),
         disagreement=stack(dis_steps) if compute_disagreement else None,
     )
+
+
+class ImaginationSampler:
+    """Draws T x N start states from real states and imagines H steps with task-batched policy
+    params.
+
+    Every call draws fresh start states (uniformly, with replacement, from ``start_obs_M_D``)
+    with one ``torch.randint`` of ``generator``, then runs :func:`imagine` with the same
+    generator, so a seeded generator gives the same sequence of batches.
+
+    Args:
+        dynamics: the model (:class:`Dynamics`, e.g. a ``DynamicsEnsemble``) with K members.
+        policy: duck-typed :class:`TaskBatchedPolicy` (e.g. ``GaussianMLPPolicy``).
+        start_obs_M_D: ``M x D`` real states; their device and dtype are those of the rollouts.
+        num_tasks: T, a positive multiple of K (task ``t`` runs in member
+            ``task_members(T, K)[t]``).
+        rollouts_per_task: N.
+        horizon: H imagined steps.
+        reward_fn, termination_fn, action_low, action_high, deterministic_model, bounds: as
+            in :func:`imagine` (the action box is moved to the start states' device and
+            dtype, ``bounds`` too).
+        generator: torch RNG on the start states' device, for the start states, the policy
+            and a probabilistic model.
+    """
+
+    def __init__(
+        self,
+        dynamics: Dynamics,
+        policy: TaskBatchedPolicy,
+        start_obs_M_D: Tensor,
+        *,
+        num_tasks: int,
+        rollouts_per_task: int,
+        horizon: int,
+        reward_fn: Callable,
+        termination_fn: Callable | None,
+        action_low: Tensor | float,
+        action_high: Tensor | float,
+        generator: torch.Generator | None,
+        deterministic_model: bool = True,
+        bounds: StateBounds | None = None,
+    ) -> None:
+        task_members(num_tasks, dynamics.ensemble_size)  # validates T % K == 0
+        if start_obs_M_D.ndim != 2 or len(start_obs_M_D) == 0:
+            raise ValueError(f"start_obs_M_D must be a non-empty M x D tensor, got shape "
+                             f"{tuple(start_obs_M_D.shape)}")
+        if rollouts_per_task < 1 or horizon < 1:
+            raise ValueError(f"rollouts_per_task and horizon must be >= 1, got "
+                             f"{rollouts_per_task} and {horizon}")
+        ref = start_obs_M_D
+        self.dynamics, self.policy, self.start_obs = dynamics, policy, start_obs_M_D
+        self.num_tasks, self.rollouts_per_task = int(num_tasks), int(rollouts_per_task)
+        self.horizon = int(horizon)
+        self.reward_fn, self.termination_fn = reward_fn, termination_fn
+        self.action_low = torch.as_tensor(action_low, dtype=ref.dtype, device=ref.device)
+        self.action_high = torch.as_tensor(action_high, dtype=ref.dtype, device=ref.device)
+        self.generator = generator
+        self.deterministic_model = deterministic_model
+        self.bounds = None if bounds is None else bounds.to(device=ref.device, dtype=ref.dtype)
+
+    def start_states(self) -> Tensor:
+        """``T x N x D`` start states drawn from the real states (one ``torch.randint``)."""
+        start = self.start_obs
+        idx = torch.randint(len(start), (self.num_tasks, self.rollouts_per_task),
+                            generator=self.generator, device=start.device)
+        return start[idx]
+
+    def __call__(self, task_params: dict[str, Tensor]) -> ImaginedBatch:
+        """Imagined rollouts of task ``t``'s policy ``task_params[..][t]`` (every parameter
+        has a leading task axis T) from fresh start states."""
+        policy = self.policy
+        return imagine(
+            self.dynamics,
+            lambda obs, g: policy.sample(task_params, obs, g, batched=True),
+            self.start_states(),
+            self.horizon,
+            self.reward_fn,
+            self.termination_fn,
+            action_low=self.action_low,
+            action_high=self.action_high,
+            generator=self.generator,
+            deterministic_model=self.deterministic_model,
+            bounds=self.bounds,
+        )

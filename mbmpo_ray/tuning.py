@@ -48,14 +48,6 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
     return config, space
 
 
-def _trainable_config(config, space):
-    """Merge the grid into the config dict Tune passes to the trial."""
-    param = config.to_dict()
-    for k, v in space.items():
-        param[k] = v
-    return param
-
-
 def run_sweep(args: argparse.Namespace) -> int:
     """Run (or resume with ``--resume``) a sweep; print a results table and the best checkpoint."""
     # the classic reporter prints a compact table (the new one dumps the full config)

@@ -16,6 +16,7 @@ Example:
 
 from mbmpo_ray.envs.registry import (
     SUPPORTED_ENV_IDS,
+    EnvCreator,
     EnvSpec,
     RewardFn,
     TerminationFn,
@@ -29,6 +30,7 @@ from mbmpo_ray.envs.registry import (
 
 __all__ = [
     "SUPPORTED_ENV_IDS",
+    "EnvCreator",
     "EnvSpec",
     "RewardFn",
     "TerminationFn",

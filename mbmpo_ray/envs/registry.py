@@ -228,14 +228,16 @@ def register_model_functions(
     return spec
 
 
-def make_env(env_id: str, horizon: int | None = 200, **overrides: Any) -> gym.Env:
-    """Build ``env_id`` exactly as its model functions expect it.
+def make_env(env_id: str | EnvSpec, horizon: int | None = 200, **overrides: Any) -> gym.Env:
+    """Build ``env_id`` (an id, or the :class:`EnvSpec` itself) exactly as its model functions
+    expect it.
 
     Applies the spec's ``make_kwargs`` (and wrapper, if any) and a ``TimeLimit`` of
     ``horizon`` steps (the MB-MPO horizon; ``None`` keeps the gymnasium default).
 
     Args:
-        env_id: A registered env id.
+        env_id: A registered env id, or an :class:`EnvSpec` (no registry lookup: works in a
+            process where the spec was never registered, e.g. a remote Ray actor).
         horizon: Maximum episode length (truncation), or ``None`` for the gymnasium default.
         **overrides: Extra ``gymnasium.make`` kwargs (e.g. ``render_mode``). Overrides may not
             contradict ``make_kwargs`` nor change the time step ``dt``. Overriding reward
@@ -246,7 +248,8 @@ def make_env(env_id: str, horizon: int | None = 200, **overrides: Any) -> gym.En
         ValueError: For an invalid horizon, an override contradicting ``make_kwargs``, or an
             environment whose ``dt`` differs from the one the reward assumes.
     """
-    spec = get_env_spec(env_id)
+    spec = env_id if isinstance(env_id, EnvSpec) else get_env_spec(env_id)
+    env_id = spec.env_id
     if horizon is not None and (
         isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon <= 0
     ):
@@ -269,3 +272,25 @@ def make_env(env_id: str, horizon: int | None = 200, **overrides: Any) -> gym.En
     if spec.env_wrapper is not None:
         env = spec.env_wrapper(env)
     return env
+
+
+@dataclass(frozen=True)
+class EnvCreator:
+    """A picklable env creator that carries its :class:`EnvSpec`.
+
+    ``EnvCreator(spec, horizon)(env_config)`` builds the env with :func:`make_env`; the spec
+    travels with the creator (by value), so an actor in another process builds the right env
+    and computes the right model rewards even though :func:`register_model_functions` was only
+    called in the driver. ``env_config`` entries are passed to ``gymnasium.make`` (RLlib's
+    ``num_envs`` is dropped).
+    """
+
+    spec: EnvSpec
+    horizon: int | None = 200
+
+    def __call__(self, env_config: Mapping[str, Any] | None = None) -> gym.Env:
+        overrides = {k: v for k, v in dict(env_config or {}).items() if k != "num_envs"}
+        return make_env(self.spec, horizon=self.horizon, **overrides)
+
+    def __repr__(self) -> str:
+        return f"EnvCreator({self.spec.env_id!r}, horizon={self.horizon})"

@@ -1,33 +1,43 @@
 """Meta-policy optimisation for MB-MPO (pure torch + numpy; no Ray).
 
-Public API:
+Modules, by concern:
 
-* :class:`GaussianMLPPolicy` - functional, task-batchable Gaussian MLP policy.
-* returns: :func:`discount_cumsum`, :func:`compute_returns`, :func:`gae`,
-  :func:`normalize_advantages`, :func:`explained_variance`, :class:`LinearFeatureBaseline`.
-* optimisation: :func:`conjugate_gradient`, :func:`make_hvp`, :func:`make_gauss_newton_hvp`,
-  :func:`backtracking_line_search`, :func:`trpo_step`.
-* MAML / MB-MPO: :class:`MetaConfig`, :class:`TaskBatch`, :func:`process_batch`,
-  :func:`adapt`, :func:`adapt_steps`, :func:`outer_surrogate`, :func:`mean_kl`,
-  :func:`trpo_meta_update`, :func:`ppo_meta_update`, :func:`meta_step`, :func:`task_members`.
+* :mod:`~mbmpo_ray.meta.config` - :class:`MetaConfig`, the validated hyper-parameters.
+* :mod:`~mbmpo_ray.meta.policy` - :class:`GaussianMLPPolicy`, a functional, task-batchable
+  Gaussian MLP policy.
+* :mod:`~mbmpo_ray.meta.returns` - :func:`discount_cumsum`, :func:`compute_returns`,
+  :func:`gae`, :func:`normalize_advantages`, :func:`explained_variance`, :func:`masked_mean`,
+  :class:`LinearFeatureBaseline`.
+* :mod:`~mbmpo_ray.meta.inner` - the MAML inner step (Eq. 3): :class:`TaskBatch`,
+  :func:`imagined_return`, :func:`estimate_advantages`, :func:`inner_objective`,
+  :func:`inner_gradients`, :func:`apply_inner_step`, :func:`adapt`, :func:`adapt_steps` and
+  the inner loop :func:`adapt_tasks` (-> :class:`AdaptedTasks`).
+* :mod:`~mbmpo_ray.meta.outer` - the outer step (Eq. 4): :func:`outer_surrogate`,
+  :func:`ppo_surrogate`, :func:`mean_kl`, :func:`trpo_outer_step` (built from
+  :func:`trpo_problem` and :func:`kl_hvp`) and :func:`ppo_outer_step`.
+* :mod:`~mbmpo_ray.meta.optim` - TRPO helpers on flat vectors: :func:`conjugate_gradient`,
+  :func:`make_hvp`, :func:`make_gauss_newton_hvp`, :func:`backtracking_line_search`,
+  :func:`trpo_step`.
+* :mod:`~mbmpo_ray.meta.step` - :func:`meta_step` (one meta-policy step: inner loop, post-update
+  sampling, outer step) and :func:`adapt_policies` (the adapted task policies after the meta
+  steps).
+
+"Meta update" names only the whole meta phase of an iteration on the Learner; one outer
+optimisation step is an "outer step".
 """
 
-from mbmpo_ray.meta.maml import (
-    MetaConfig,
+from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.inner import (
+    AdaptedTasks,
     TaskBatch,
     adapt,
     adapt_steps,
+    adapt_tasks,
+    apply_inner_step,
+    estimate_advantages,
     imagined_return,
     inner_gradients,
     inner_objective,
-    mean_kl,
-    meta_step,
-    outer_surrogate,
-    ppo_meta_update,
-    ppo_surrogate,
-    process_batch,
-    task_members,
-    trpo_meta_update,
 )
 from mbmpo_ray.meta.optim import (
     LineSearchResult,
@@ -37,6 +47,16 @@ from mbmpo_ray.meta.optim import (
     make_gauss_newton_hvp,
     make_hvp,
     trpo_step,
+)
+from mbmpo_ray.meta.outer import (
+    TRPOProblem,
+    kl_hvp,
+    mean_kl,
+    outer_surrogate,
+    ppo_outer_step,
+    ppo_surrogate,
+    trpo_outer_step,
+    trpo_problem,
 )
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import (
@@ -48,25 +68,33 @@ from mbmpo_ray.meta.returns import (
     masked_mean,
     normalize_advantages,
 )
+from mbmpo_ray.meta.step import adapt_policies, meta_step
 
 __all__ = [
+    "AdaptedTasks",
     "GaussianMLPPolicy",
     "LineSearchResult",
     "LinearFeatureBaseline",
     "MetaConfig",
     "TRPOInfo",
+    "TRPOProblem",
     "TaskBatch",
     "adapt",
+    "adapt_policies",
     "adapt_steps",
+    "adapt_tasks",
+    "apply_inner_step",
     "backtracking_line_search",
     "compute_returns",
     "conjugate_gradient",
     "discount_cumsum",
+    "estimate_advantages",
     "explained_variance",
     "gae",
     "imagined_return",
     "inner_gradients",
     "inner_objective",
+    "kl_hvp",
     "make_gauss_newton_hvp",
     "make_hvp",
     "masked_mean",
@@ -74,10 +102,9 @@ __all__ = [
     "meta_step",
     "normalize_advantages",
     "outer_surrogate",
-    "ppo_meta_update",
+    "ppo_outer_step",
     "ppo_surrogate",
-    "process_batch",
-    "task_members",
-    "trpo_meta_update",
+    "trpo_outer_step",
+    "trpo_problem",
     "trpo_step",
 ]

@@ -1,16 +1,16 @@
 """Dynamics models for MB-MPO: a batched MLP ensemble, its normalisers and its fitting loop.
 
-Depends only on torch and numpy.
+Depends only on torch, numpy and :mod:`mbmpo_ray.settings` (pure Python); no Ray.
 
 * :mod:`~mbmpo_ray.models.ensemble` -- :class:`EnsembleLinear`, :class:`DynamicsEnsemble`
 * :mod:`~mbmpo_ray.models.normalizer` -- :class:`Normalizer`
 * :mod:`~mbmpo_ray.models.training` -- :class:`FitConfig`, :class:`FitResult`,
-  :func:`fit_ensemble`
+  :func:`fit_ensemble`, :func:`train_step`
 """
 
 from mbmpo_ray.models.ensemble import DynamicsEnsemble, EnsembleLinear
 from mbmpo_ray.models.normalizer import Normalizer
-from mbmpo_ray.models.training import FitConfig, FitResult, fit_ensemble
+from mbmpo_ray.models.training import FitConfig, FitResult, fit_ensemble, train_step
 
 __all__ = [
     "DynamicsEnsemble",
@@ -19,4 +19,5 @@ __all__ = [
     "FitResult",
     "Normalizer",
     "fit_ensemble",
+    "train_step",
 ]

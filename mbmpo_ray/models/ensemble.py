@@ -22,7 +22,7 @@ __all__ = ["DynamicsEnsemble", "EnsembleLinear"]
 
 IndexLike = Sequence[int] | np.ndarray | torch.Tensor
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
@@ -101,7 +101,9 @@ class DynamicsEnsemble(nn.Module):
         hidden_sizes: Widths of the hidden layers.
         activation: One of ``relu, tanh, silu/swish, elu, gelu, leaky_relu``.
         probabilistic: Use the Gaussian (mean, log-variance) head.
-        num_elites: How many members :meth:`select_elites` keeps (default: all ``K``).
+        num_elites: How many members :meth:`select_elites` keeps (default: all ``K``); the
+            MBPO step :meth:`sample_elite_next_obs` draws from them (MB-MPO's imagination uses
+            every member whatever the elites).
         init_max_logvar: Initial value of the (learned) upper log-variance bound.
         init_min_logvar: Initial value of the (learned) lower log-variance bound.
         logvar_bound_coef: Weight of the bound regulariser in :meth:`regularization_loss`.
@@ -128,9 +130,9 @@ class DynamicsEnsemble(nn.Module):
             raise ValueError(
                 f"invalid sizes obs_dim={obs_dim}, act_dim={act_dim}, ensemble_size={ensemble_size}"
             )
-        if activation not in _ACTIVATIONS:
+        if activation not in ACTIVATIONS:
             raise ValueError(
-                f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}"
+                f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}"
             )
         num_elites = ensemble_size if num_elites is None else int(num_elites)
         if not 1 <= num_elites <= ensemble_size:
@@ -149,7 +151,7 @@ class DynamicsEnsemble(nn.Module):
         widths = (in_dim, *self.hidden_sizes)
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [EnsembleLinear(ensemble_size, w_in, w_out), _ACTIVATIONS[activation]()]
+            layers += [EnsembleLinear(ensemble_size, w_in, w_out), ACTIVATIONS[activation]()]
         layers.append(EnsembleLinear(ensemble_size, widths[-1], out_dim))
         self.net = nn.Sequential(*layers)
 
@@ -289,6 +291,55 @@ class DynamicsEnsemble(nn.Module):
             )
             mean = torch.addcmul(mean, noise, torch.exp(0.5 * logvar))
         return obs + self.delta_normalizer.denormalize(mean)
+
+    @torch.no_grad()
+    def sample_elite_next_obs(
+        self,
+        obs_B_D: torch.Tensor,
+        act_B_A: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        deterministic: bool = False,
+        return_members: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """MBPO model step: each row is predicted by an elite member drawn uniformly at random
+        (independently per row), which samples its next state from its own Gaussian.
+
+        One batched forward of all ``K`` members on all rows (``K x B x D``), then a gather of
+        each row's member. ``generator`` is used for one ``torch.randint`` (the members) and,
+        for the probabilistic head unless ``deterministic``, one ``torch.randn`` of ``B x D``
+        (normalised delta ``mean + std * noise`` with the member's predicted
+        ``std = exp(logvar / 2)``). The deterministic head returns the member's mean.
+
+        Hot path like :meth:`sample_next_obs`: inputs must be tensors of the model's
+        dtype/device.
+
+        Args:
+            obs_B_D: Raw states ``B x D``.
+            act_B_A: Raw actions ``B x A``.
+            generator: RNG on the model's device (None: torch's global RNG).
+            deterministic: use each chosen member's mean prediction.
+            return_members: also return the ``[B]`` member index used for each row.
+
+        Returns:
+            Raw next states ``B x D`` (and the ``[B]`` members if ``return_members``).
+        """
+        k, b = self._ensemble_size, obs_B_D.shape[0]
+        elites = self.elite_indices.to(obs_B_D.device)
+        pick = torch.randint(len(elites), (b,), generator=generator, device=obs_B_D.device)
+        members = elites[pick]
+        mean_K, logvar_K = self.forward_members(
+            obs_B_D.unsqueeze(0).expand(k, -1, -1), act_B_A.unsqueeze(0).expand(k, -1, -1)
+        )
+        rows = torch.arange(b, device=obs_B_D.device)
+        mean = mean_K[members, rows]  # B x D, normalised delta of each row's member
+        if logvar_K is not None and not deterministic:
+            noise = torch.randn(
+                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+            )
+            mean = torch.addcmul(mean, noise, torch.exp(0.5 * logvar_K[members, rows]))
+        next_obs = obs_B_D + self.delta_normalizer.denormalize(mean)
+        return (next_obs, members) if return_members else next_obs
 
     @torch.no_grad()
     def predict(

@@ -2,6 +2,27 @@
 with per-member early stopping, warm starts and a divergence guard.
 
 Shapes: ``N`` transitions, ``K`` members, ``D`` state dim, ``A`` action dim, ``I = D + A``.
+
+:func:`fit_ensemble` runs these steps (each a function below):
+
+1. :func:`_split_holdout` -- a held-out split shared by all members (``model_holdout_ratio``,
+   capped at ``model_max_holdout``; if empty, validation uses up to ``model_max_holdout``
+   training rows), random per call or, with ``row_ids``, a fixed function of each row's id;
+2. :func:`_make_optimizer` -- Adam, warm-started from a previous call's state;
+3. :func:`_normalised_data` -- the normalisers are refitted on the training rows and every row
+   is normalised once;
+4. per epoch, :func:`_epoch_order` -- each member gets its own bootstrap resample (or
+   permutation) of the training rows, reshuffled per epoch -- and :func:`_train_epoch` -- each
+   step gathers a ``K x batch x I`` tensor and takes one Adam step for the whole ensemble
+   (:func:`train_step`); then :meth:`_EarlyStopping.update` with every member's validation
+   MSE: a member keeps a copy of its best weights and stops after ``model_patience`` epochs
+   without relative improvement ``model_improvement_threshold``;
+5. :func:`_finish` -- every member is set to its best weights and the elites are selected from
+   the best validation losses (:meth:`DynamicsEnsemble.select_elites`) -- or, if a loss became
+   non-finite, :func:`_roll_back` to the pre-fit state.
+
+The torch generator is consumed in this order: ``randperm`` (random split only), ``randint``
+(bootstrap only), then one ``rand`` per epoch.
 """
 
 from __future__ import annotations
@@ -16,47 +37,67 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbmpo_ray import settings
 from mbmpo_ray.models.ensemble import DynamicsEnsemble
+from mbmpo_ray.settings import Rule, setting
 
-__all__ = ["FitConfig", "FitResult", "fit_ensemble"]
+__all__ = ["FitConfig", "FitResult", "fit_ensemble", "train_step"]
 
 LogFn = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 @dataclass
 class FitConfig:
-    """Hyper-parameters of :func:`fit_ensemble` (defaults follow the MB-MPO paper / MBPO)."""
+    """Hyper-parameters of :func:`fit_ensemble` (defaults follow the MB-MPO paper / MBPO).
 
-    batch_size: int = 500
-    """Rows per member per gradient step (the paper's model batch size)."""
-    lr: float = 1e-3
-    """Adam learning rate."""
-    weight_decay: float = 0.0
-    """Adam L2 weight decay, applied to all parameters."""
-    max_epochs: int = 50
-    """Upper bound on passes over each member's training rows."""
-    holdout_ratio: float = 0.2
-    """Fraction of rows held out (shared by all members) for validation and early stopping."""
-    max_holdout: int = 5000
-    """Cap on the number of held-out rows."""
-    patience: int = 5
-    """Epochs without significant validation improvement after which a member stops training."""
-    improvement_threshold: float = 0.01
-    """Relative validation improvement that resets a member's patience counter."""
-    bootstrap: bool = True
-    """Each member trains on its own bootstrap resample (else its own permutation) of train rows."""
-    update_normalizers: bool = True
-    """Refit the input/delta normalisers on the training rows before fitting."""
-    eval_batch_size: int = 4096
-    """Rows per chunk when computing validation losses (memory bound only)."""
+    Field names match the algorithm config's settings, so it can be built by name
+    (:func:`mbmpo_ray.settings.build`). Construction does not check values: call
+    :meth:`problems` or :meth:`validate` (:func:`fit_ensemble` calls ``validate``).
+    """
 
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.max_epochs < 0 or self.patience <= 0:
-            raise ValueError("batch_size and patience must be positive, max_epochs >= 0")
-        if not 0.0 <= self.holdout_ratio < 1.0:
-            raise ValueError(f"holdout_ratio must be in [0, 1), got {self.holdout_ratio}")
-        if self.max_holdout < 0 or self.eval_batch_size <= 0 or self.lr <= 0:
-            raise ValueError("max_holdout >= 0, eval_batch_size > 0 and lr > 0 are required")
+    model_batch_size: int = setting(
+        500, "rows per member per gradient step (the paper's model batch size)", Rule(int, low=1))
+    model_lr: float = setting(
+        1e-3, "Adam learning rate", Rule(float, low=0, open_low=True))
+    model_weight_decay: float = setting(
+        0.0, "Adam L2 weight decay, applied to all parameters", Rule(float, low=0))
+    model_max_epochs: int = setting(
+        50, "upper bound on passes over each member's training rows", Rule(int, low=0))
+    model_holdout_ratio: float = setting(
+        0.2, "fraction of rows held out (shared by all members) for validation and early "
+        "stopping", Rule(float, low=0, high=1, open_high=True))
+    model_max_holdout: int = setting(
+        5000, "cap on the number of held-out rows", Rule(int, low=0))
+    model_patience: int = setting(
+        5, "epochs without significant validation improvement after which a member stops "
+        "training", Rule(int, low=1))
+    model_improvement_threshold: float = setting(
+        0.01, "relative validation improvement that resets a member's patience counter",
+        Rule(float, low=0, high=1, open_high=True))
+    model_bootstrap: bool = setting(
+        True, "each member trains on its own bootstrap resample (else its own permutation) of "
+        "the training rows", Rule(bool))
+    update_normalizers: bool = setting(
+        True, "refit the input/delta normalisers on the training rows before fitting",
+        Rule(bool))
+    eval_batch_size: int = setting(
+        4096, "rows per chunk when computing validation losses (memory bound only)",
+        Rule(int, low=1))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, one line each (empty: all fine)."""
+        # Every rule constrains its own field only; no combination of valid values is invalid.
+        return settings.problems(self)
+
+    def validate(self) -> FitConfig:
+        """``self`` if every setting is valid, else one ``ValueError`` listing all problems."""
+        settings.raise_if(self.problems(), "FitConfig")
+        return self
+
+    def holdout_size(self, n: int) -> int:
+        """Rows held out of ``n`` by the random split (:func:`fit_ensemble` without
+        ``row_ids``): ``min(int(n * model_holdout_ratio), model_max_holdout, n - 1)``."""
+        return min(int(n * self.model_holdout_ratio), self.model_max_holdout, n - 1)
 
 
 @dataclass
@@ -68,7 +109,7 @@ class FitResult:
     val_loss: np.ndarray
     """``[K]`` validation MSE of the weights each member ends with (its best epoch)."""
     epochs: np.ndarray
-    """``[K]`` epochs each member actually trained before it stopped (<= max_epochs)."""
+    """``[K]`` epochs each member actually trained before it stopped (<= model_max_epochs)."""
     best_epoch: np.ndarray
     """``[K]`` epoch whose weights each member ends with; 0 means its pre-fit weights."""
     elites: np.ndarray
@@ -161,6 +202,247 @@ def _stable_split(
     return torch.from_numpy(np.sort(val)), torch.from_numpy(np.flatnonzero(train_mask))
 
 
+# ----------------------------------------------------------------------------- fitting steps
+def _split_holdout(
+    n: int, cfg: FitConfig, generator: torch.Generator | None, row_ids: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(val_idx, train_idx)`` (CPU LongTensors) of the held-out split shared by all members:
+    random (one ``randperm`` from ``generator``, :meth:`FitConfig.holdout_size` rows) or, with
+    ``row_ids``, a fixed function of each row's id (:func:`_stable_split`, no RNG)."""
+    if row_ids is None:
+        perm = torch.randperm(n, generator=generator)
+        n_val = cfg.holdout_size(n)
+        return perm[:n_val], perm[n_val:]
+    return _stable_split(row_ids, n, cfg.model_holdout_ratio, cfg.model_max_holdout)
+
+
+def _make_optimizer(
+    ensemble: DynamicsEnsemble, cfg: FitConfig, optimizer_state: dict[str, Any] | None
+) -> tuple[torch.optim.Adam, dict[str, Any]]:
+    """Adam over all parameters, warm-started from ``optimizer_state`` (the config's lr and
+    weight decay win over the saved ones), and a deep copy of its state before any step."""
+    optimizer = torch.optim.Adam(
+        ensemble.parameters(), lr=cfg.model_lr, weight_decay=cfg.model_weight_decay
+    )
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.model_lr
+            group["weight_decay"] = cfg.model_weight_decay
+    return optimizer, copy.deepcopy(optimizer.state_dict())
+
+
+@dataclass
+class _FitData:
+    """Normalised tensors batches are gathered from: inputs ``x`` (``rows x I``) and target
+    deltas ``y`` (``rows x D``) of the training and validation rows."""
+
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def _normalised_data(
+    ensemble: DynamicsEnsemble,
+    obs_t: torch.Tensor,
+    act_t: torch.Tensor,
+    next_t: torch.Tensor,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    cfg: FitConfig,
+) -> _FitData:
+    """Refit the normalisers on the training rows (if ``update_normalizers``) and normalise
+    every row once. Without held-out rows, validation uses up to ``model_max_holdout``
+    training rows."""
+    tr_dev, val_dev = train_idx.to(obs_t.device), val_idx.to(obs_t.device)
+    if cfg.update_normalizers:
+        ensemble.update_normalizers(obs_t[tr_dev], act_t[tr_dev], next_t[tr_dev])
+    with torch.no_grad():
+        x_n = ensemble.input_normalizer.normalize(torch.cat((obs_t, act_t), dim=-1))
+        y_n = ensemble.delta_normalizer.normalize(next_t - obs_t)
+    x_tr, y_tr = x_n[tr_dev], y_n[tr_dev]
+    if val_idx.numel() > 0:
+        return _FitData(x_tr, y_tr, x_n[val_dev], y_n[val_dev])
+    cap = max(cfg.model_max_holdout, 1)
+    return _FitData(x_tr, y_tr, x_tr[:cap], y_tr[:cap])
+
+
+@dataclass
+class _EarlyStopping:
+    """Per-member early-stopping state; every tensor is ``[K]`` (no Python loop over members).
+
+    Attributes:
+        best_params: copies of the member-axis parameters at each member's best epoch.
+        best_val: best validation MSE so far (inf where the pre-fit loss was non-finite).
+        best_epoch: epoch of ``best_params`` (0: the pre-fit weights).
+        stale: epochs since the last significant improvement.
+        epochs: epochs each member has trained.
+        active: members still training.
+        train_loss: training loss of each member's last trained epoch (NaN before).
+    """
+
+    best_params: list[torch.Tensor]
+    best_val: torch.Tensor
+    best_epoch: torch.Tensor
+    stale: torch.Tensor
+    epochs: torch.Tensor
+    active: torch.Tensor
+    train_loss: torch.Tensor
+
+    @classmethod
+    def start(
+        cls, member_params: list[torch.Tensor], val: torch.Tensor, dtype: torch.dtype,
+        device: torch.device,
+    ) -> _EarlyStopping:
+        """State before the first epoch, from the pre-fit validation losses ``val``."""
+        k = val.shape[0]
+        return cls(
+            best_params=[p.detach().clone() for p in member_params],
+            best_val=torch.where(torch.isfinite(val), val, torch.full_like(val, math.inf)),
+            best_epoch=torch.zeros(k, dtype=torch.long, device=device),
+            stale=torch.zeros(k, dtype=torch.long, device=device),
+            epochs=torch.zeros(k, dtype=torch.long, device=device),
+            active=torch.ones(k, dtype=torch.bool, device=device),
+            train_loss=torch.full((k,), math.nan, dtype=dtype, device=device),
+        )
+
+    def update(
+        self, epoch: int, epoch_train: torch.Tensor, val: torch.Tensor,
+        member_params: list[torch.Tensor], patience: int, threshold: float,
+    ) -> None:
+        """After ``epoch``: active members that improved keep a copy of their weights; those
+        without a relative improvement of ``threshold`` for ``patience`` epochs stop and are
+        reset to their best weights."""
+        active = self.active
+        improved = active & (val < self.best_val)
+        significant = active & (val < self.best_val * (1.0 - threshold))
+        self.best_val = torch.where(improved, val, self.best_val)
+        self.best_epoch = torch.where(
+            improved, torch.full_like(self.best_epoch, epoch), self.best_epoch
+        )
+        _copy_members(self.best_params, [p.detach() for p in member_params], improved)
+        self.stale = torch.where(
+            significant, torch.zeros_like(self.stale), self.stale + active.long()
+        )
+        self.epochs += active.long()
+        self.train_loss = torch.where(active, epoch_train, self.train_loss)
+        stopping = active & (self.stale >= patience)
+        if bool(stopping.any()):
+            self.active &= ~stopping
+            _copy_members(member_params, self.best_params, stopping)
+
+
+def train_step(
+    ensemble: DynamicsEnsemble,
+    optimizer: torch.optim.Optimizer,
+    x_K_B_I: torch.Tensor,
+    y_K_B_D: torch.Tensor,
+    loss_weight_K: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One optimiser step of the whole ensemble, member ``k`` on its own normalised rows
+    ``x[k] -> y[k]``: minimises ``sum_k w_k loss_k + regularization_loss`` (``w = 1`` if
+    ``loss_weight_K`` is None). Returns the ``[K]`` member losses (detached)."""
+    losses = ensemble.member_losses(x_K_B_I, y_K_B_D)
+    weighted = losses if loss_weight_K is None else losses * loss_weight_K
+    loss = weighted.sum() + ensemble.regularization_loss()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return losses.detach()
+
+
+def _epoch_order(
+    boot: torch.Tensor | None, k: int, n_train: int, generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """``K x n_train`` training rows of one epoch: each member's bootstrap resample ``boot``
+    (or all rows) in a fresh random order (one ``torch.rand`` from ``generator``)."""
+    shuffle = torch.argsort(torch.rand(k, n_train, generator=generator), dim=1)
+    return (boot.gather(1, shuffle) if boot is not None else shuffle).to(device)
+
+
+def _train_epoch(
+    ensemble: DynamicsEnsemble,
+    optimizer: torch.optim.Optimizer,
+    member_params: list[torch.Tensor],
+    data: _FitData,
+    order: torch.Tensor,
+    stop: _EarlyStopping,
+    batch_size: int,
+) -> torch.Tensor:
+    """One pass over ``order`` (``K x n_train``) in batches of ``batch_size`` rows per member;
+    returns each member's mean training loss ``[K]``."""
+    active = stop.active
+    loss_weight = active.to(stop.train_loss.dtype)
+    any_frozen = not bool(active.all())
+    loss_sum = torch.zeros_like(stop.train_loss)
+    n_steps = 0
+    for start in range(0, order.shape[1], batch_size):
+        rows = order[:, start : start + batch_size]  # K x b
+        loss_sum += train_step(ensemble, optimizer, data.x_tr[rows], data.y_tr[rows], loss_weight)
+        if any_frozen:
+            # Frozen members: their loss is masked (zero gradient), but Adam would still move
+            # them with its momentum (and weight decay), so they are reset to their best
+            # weights after every step. They therefore never change once stopped.
+            _copy_members(member_params, stop.best_params, ~active)
+        n_steps += 1
+    return loss_sum / max(n_steps, 1)
+
+
+def _roll_back(
+    ensemble: DynamicsEnsemble,
+    pre_state: dict[str, torch.Tensor],
+    epoch: int,
+    stop: _EarlyStopping,
+    history: list[float],
+    holdout: np.ndarray,
+) -> FitResult:
+    """A loss became non-finite at ``epoch``: restore the pre-fit snapshot (weights,
+    normalisers, logvar bounds, elites) and warn. A fit that diverged is not trusted even for
+    members whose best weights looked fine; the caller can retry (e.g. with a lower lr) from a
+    known-good state."""
+    ensemble.load_state_dict(pre_state)
+    msg = (
+        f"fit_ensemble diverged at epoch {epoch} (non-finite loss); ensemble restored to its "
+        "pre-fit state"
+    )
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    k = stop.best_val.shape[0]
+    return FitResult(
+        train_loss=np.full(k, np.nan),
+        val_loss=np.full(k, np.nan),
+        epochs=stop.epochs.cpu().numpy(),
+        best_epoch=np.zeros(k, dtype=np.int64),
+        elites=ensemble.elite_indices.cpu().numpy(),
+        history=np.asarray(history),
+        holdout_indices=holdout,
+        diverged=True,
+        message=msg,
+    )
+
+
+def _finish(
+    ensemble: DynamicsEnsemble,
+    member_params: list[torch.Tensor],
+    stop: _EarlyStopping,
+    history: list[float],
+    holdout: np.ndarray,
+) -> FitResult:
+    """Set every member to its best weights and select the elites from the best losses."""
+    _copy_members(member_params, stop.best_params, torch.ones_like(stop.active))
+    elites = ensemble.select_elites(stop.best_val.cpu())
+    return FitResult(
+        train_loss=stop.train_loss.detach().cpu().numpy(),
+        val_loss=stop.best_val.cpu().numpy(),
+        epochs=stop.epochs.cpu().numpy(),
+        best_epoch=stop.best_epoch.cpu().numpy(),
+        elites=elites.cpu().numpy(),
+        history=np.asarray(history),
+        holdout_indices=holdout,
+    )
+
+
 def fit_ensemble(
     ensemble: DynamicsEnsemble,
     obs: torch.Tensor | np.ndarray,
@@ -176,25 +458,14 @@ def fit_ensemble(
     """Fit every member of ``ensemble`` in place on transitions ``(obs, act, next_obs)``.
 
     The ensemble is warm-started (training continues from its current weights); pass the
-    returned optimiser state back as ``optimizer_state`` to warm-start Adam too.
-
-    Procedure: a held-out split shared by all members (``holdout_ratio``, capped at
-    ``max_holdout``; if empty, validation uses up to ``max_holdout`` training rows), random per
-    call or, with ``row_ids``, a fixed function of each row's id; the
-    normalisers are refitted on the training rows; each member gets its own bootstrap resample
-    (or permutation) of the training rows, reshuffled per epoch; each step gathers a
-    ``K x batch x I`` tensor and takes one Adam step for the whole ensemble. After every epoch
-    each member's validation MSE is computed; a member keeps a copy of its best weights and
-    stops after ``patience`` epochs without relative improvement ``improvement_threshold``. At
-    the end every member is set to its best weights and the elites are selected from the
-    best validation losses (:meth:`DynamicsEnsemble.select_elites`).
+    returned optimiser state back as ``optimizer_state`` to warm-start Adam too. The procedure
+    is described in the module docstring; at the end every member has its best weights and
+    the elites are selected from the best validation losses.
 
     Args:
         ensemble: Model to fit (modified in place).
-        obs: Raw states ``N x D``.
-        act: Raw actions ``N x A``.
-        next_obs: Raw next states ``N x D``.
-        config: Hyper-parameters; ``None`` means ``FitConfig()``.
+        obs, act, next_obs: Raw states ``N x D``, actions ``N x A``, next states ``N x D``.
+        config: Hyper-parameters (validated first); ``None`` means ``FitConfig()``.
         generator: CPU RNG for the split, bootstrap and shuffling (reproducible fits).
         optimizer_state: ``state_dict`` of the Adam optimiser returned by a previous call.
         log_fn: Called as ``log_fn(epoch, train_loss_K, val_loss_K)`` after every epoch.
@@ -202,7 +473,7 @@ def fit_ensemble(
             buffer). A row is then held out in every call or in none, so a warm-started fit
             validates on rows it has never trained on (a fresh random split per call would let
             rows trained on last time into the holdout and stop training too early). Beyond
-            ``max_holdout``, the held-out rows with the largest ids (the newest) are used.
+            ``model_max_holdout``, the held-out rows with the largest ids (the newest) are used.
 
     Returns:
         ``(result, optimizer_state)``. If a loss became non-finite, the ensemble (weights,
@@ -210,9 +481,10 @@ def fit_ensemble(
         ``result.diverged`` is True and a ``RuntimeWarning`` is emitted.
 
     Raises:
-        ValueError: On shape mismatches or non-finite input rows (before any state changes).
+        ValueError: On invalid settings, shape mismatches or non-finite input rows (before any
+            state changes).
     """
-    cfg = config if config is not None else FitConfig()
+    cfg = (config if config is not None else FitConfig()).validate()
     ref = ensemble.input_normalizer.mean
     device, dtype = ref.device, ref.dtype
     data = _to_checked_tensors(
@@ -223,136 +495,35 @@ def fit_ensemble(
     )
     obs_t, act_t, next_t = data["obs"], data["act"], data["next_obs"]
     n, k = obs_t.shape[0], ensemble.ensemble_size
+    val_idx, train_idx = _split_holdout(n, cfg, generator, row_ids)
+    n_train, holdout = train_idx.numel(), val_idx.cpu().numpy()
 
-    # ---- shared held-out split
-    if row_ids is None:
-        perm = torch.randperm(n, generator=generator)
-        n_val = min(int(n * cfg.holdout_ratio), cfg.max_holdout, n - 1)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-    else:
-        val_idx, train_idx = _stable_split(row_ids, n, cfg.holdout_ratio, cfg.max_holdout)
-        n_val = val_idx.numel()
-    n_train = train_idx.numel()
-
-    # ---- snapshots for the divergence guard (never modified afterwards)
+    # snapshots for the divergence guard (never modified afterwards)
     pre_state = {name: t.detach().clone() for name, t in ensemble.state_dict().items()}
-    optimizer = torch.optim.Adam(ensemble.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:  # the config wins over the saved hyper-parameters
-            group["lr"] = cfg.lr
-            group["weight_decay"] = cfg.weight_decay
-    pre_opt_state = copy.deepcopy(optimizer.state_dict())
+    optimizer, pre_opt_state = _make_optimizer(ensemble, cfg, optimizer_state)
 
-    # ---- normalise once; batches are gathered from these tensors
-    tr_dev, val_dev = train_idx.to(device), val_idx.to(device)
-    if cfg.update_normalizers:
-        ensemble.update_normalizers(obs_t[tr_dev], act_t[tr_dev], next_t[tr_dev])
-    with torch.no_grad():
-        x_n = ensemble.input_normalizer.normalize(torch.cat((obs_t, act_t), dim=-1))
-        y_n = ensemble.delta_normalizer.normalize(next_t - obs_t)
-    x_tr, y_tr = x_n[tr_dev], y_n[tr_dev]
-    if n_val > 0:
-        x_val, y_val = x_n[val_dev], y_n[val_dev]
-    else:
-        x_val, y_val = x_tr[: max(cfg.max_holdout, 1)], y_tr[: max(cfg.max_holdout, 1)]
-
-    # ---- per-member bookkeeping (all K-vectors; no Python loop over members)
+    fit_data = _normalised_data(ensemble, obs_t, act_t, next_t, train_idx, val_idx, cfg)
     member_params = ensemble.member_parameters()
-    best_params = [p.detach().clone() for p in member_params]
-    val = _member_mse(ensemble, x_val, y_val, cfg.eval_batch_size)
-    best_val = torch.where(torch.isfinite(val), val, torch.full_like(val, math.inf))
-    best_epoch = torch.zeros(k, dtype=torch.long, device=device)
-    stale = torch.zeros(k, dtype=torch.long, device=device)
-    epochs = torch.zeros(k, dtype=torch.long, device=device)
-    active = torch.ones(k, dtype=torch.bool, device=device)
-    train_loss = torch.full((k,), math.nan, dtype=dtype, device=device)
+    val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size)
+    stop = _EarlyStopping.start(member_params, val, dtype, device)
     history = [float(val.mean())]
-    boot = torch.randint(n_train, (k, n_train), generator=generator) if cfg.bootstrap else None
-
-    diverged = False
-    for epoch in range(1, cfg.max_epochs + 1):
-        shuffle = torch.argsort(torch.rand(k, n_train, generator=generator), dim=1)
-        order = (boot.gather(1, shuffle) if boot is not None else shuffle).to(device)
-        loss_weight = active.to(dtype)
-        any_frozen = not bool(active.all())
-        loss_sum = torch.zeros(k, dtype=dtype, device=device)
-        n_steps = 0
-        for start in range(0, n_train, cfg.batch_size):
-            rows = order[:, start : start + cfg.batch_size]  # K x b
-            losses = ensemble.member_losses(x_tr[rows], y_tr[rows])  # K
-            loss = (losses * loss_weight).sum() + ensemble.regularization_loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if any_frozen:
-                # Frozen members: their loss is masked (zero gradient), but Adam would still move
-                # them with its momentum (and weight decay), so they are reset to their best
-                # weights after every step. They therefore never change once stopped.
-                _copy_members(member_params, best_params, ~active)
-            loss_sum += losses.detach()
-            n_steps += 1
-        epoch_train = loss_sum / max(n_steps, 1)
-        val = _member_mse(ensemble, x_val, y_val, cfg.eval_batch_size)
-
+    boot = (torch.randint(n_train, (k, n_train), generator=generator)
+            if cfg.model_bootstrap else None)
+    for epoch in range(1, cfg.model_max_epochs + 1):
+        order = _epoch_order(boot, k, n_train, generator, device)
+        epoch_train = _train_epoch(
+            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size
+        )
+        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size)
         # Divergence guard. NaN/inf weights after any step make every later loss non-finite,
         # so checking the summed epoch losses and the end-of-epoch validation covers each step.
         if not (bool(torch.isfinite(epoch_train).all()) and bool(torch.isfinite(val).all())):
-            diverged = True
-            break
-
-        improved = active & (val < best_val)
-        significant = active & (val < best_val * (1.0 - cfg.improvement_threshold))
-        best_val = torch.where(improved, val, best_val)
-        best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch), best_epoch)
-        _copy_members(best_params, [p.detach() for p in member_params], improved)
-        stale = torch.where(significant, torch.zeros_like(stale), stale + active.long())
-        epochs += active.long()
-        train_loss = torch.where(active, epoch_train, train_loss)
-        stopping = active & (stale >= cfg.patience)
-        if bool(stopping.any()):
-            active &= ~stopping
-            _copy_members(member_params, best_params, stopping)
+            return _roll_back(ensemble, pre_state, epoch, stop, history, holdout), pre_opt_state
+        stop.update(epoch, epoch_train, val, member_params, cfg.model_patience,
+                    cfg.model_improvement_threshold)
         history.append(float(val.mean()))
         if log_fn is not None:
             log_fn(epoch, epoch_train.detach().cpu().numpy(), val.cpu().numpy())
-        if not bool(active.any()):
+        if not bool(stop.active.any()):
             break
-
-    holdout = val_idx.cpu().numpy()
-    if diverged:
-        # Roll everything back to the pre-fit snapshot (weights, normalisers, logvar bounds,
-        # elites) and hand back the pre-fit optimiser state: a fit that diverged is not trusted
-        # even for members whose best weights looked fine, and the caller can retry (e.g. with a
-        # lower lr) from a known-good state.
-        ensemble.load_state_dict(pre_state)
-        msg = (
-            f"fit_ensemble diverged at epoch {epoch} (non-finite loss); ensemble restored to its "
-            "pre-fit state"
-        )
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        result = FitResult(
-            train_loss=np.full(k, np.nan),
-            val_loss=np.full(k, np.nan),
-            epochs=epochs.cpu().numpy(),
-            best_epoch=np.zeros(k, dtype=np.int64),
-            elites=ensemble.elite_indices.cpu().numpy(),
-            history=np.asarray(history),
-            holdout_indices=holdout,
-            diverged=True,
-            message=msg,
-        )
-        return result, pre_opt_state
-
-    _copy_members(member_params, best_params, torch.ones_like(active))
-    elites = ensemble.select_elites(best_val.cpu())
-    result = FitResult(
-        train_loss=train_loss.detach().cpu().numpy(),
-        val_loss=best_val.cpu().numpy(),
-        epochs=epochs.cpu().numpy(),
-        best_epoch=best_epoch.cpu().numpy(),
-        elites=elites.cpu().numpy(),
-        history=np.asarray(history),
-        holdout_indices=holdout,
-    )
-    return result, optimizer.state_dict()
+    return _finish(ensemble, member_params, stop, history, holdout), optimizer.state_dict()

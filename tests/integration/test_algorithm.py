@@ -51,7 +51,7 @@ def test_remote_runners_and_model_trainers_and_fault_tolerance():
         # crash one env runner and one model trainer: the next iteration still completes
         runner = algo.env_runner_group._worker_manager._actors[1]
         ray.kill(runner, no_restart=False)
-        ray.kill(algo._trainers[0], no_restart=False)
+        ray.kill(algo.fitter.trainers[0], no_restart=False)
         result = algo.train()
         assert len(algo.buffer) == n_before + cfg.real_steps_per_iter
         np.testing.assert_array_equal(algo.buffer.all()["obs"][:n_before], kept)
@@ -69,14 +69,14 @@ def test_checkpoint_round_trip(tmp_path):
         try:
             for k, v in algo.buffer.all().items():
                 np.testing.assert_array_equal(v, restored.buffer.all()[k])
-            for k, v in algo.ensemble.state_dict().items():
-                assert torch.equal(v, restored.ensemble.state_dict()[k]), k
+            for k, v in algo.fitter.ensemble.state_dict().items():
+                assert torch.equal(v, restored.fitter.ensemble.state_dict()[k]), k
             for k, v in policy_params(algo).items():
                 assert torch.equal(v, policy_params(restored)[k]), k
-            assert restored._counters == algo._counters
+            assert restored.mbmpo_counters == algo.mbmpo_counters
             assert restored.iteration == algo.iteration == 1
             assert len(restored._adapted_params) == 2
-            assert restored._model_opt_states[0] is not None
+            assert restored.fitter.optimizer_states[0] is not None
             # a restored run continues exactly as the uninterrupted one
             r1, r2 = algo.train(), restored.train()
             assert r1["num_real_steps_lifetime"] == r2["num_real_steps_lifetime"] == 200

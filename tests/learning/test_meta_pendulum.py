@@ -89,7 +89,7 @@ def test_meta_policy_optimisation_solves_true_pendulum() -> None:
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(3, 1, hidden_sizes=(32, 32))
     params = policy.init_params(torch.Generator().manual_seed(seed))
-    config = MetaConfig(num_tasks=num_tasks, alpha=0.001, max_kl=0.01, gamma=0.99)
+    config = MetaConfig(num_tasks=num_tasks, inner_lr=0.001, max_kl=0.01, gamma=0.99)
     reward_fn = get_reward_fn("Pendulum-v1")
     termination_fn = get_termination_fn("Pendulum-v1")
     reset_env = make_env("Pendulum-v1", horizon=horizon)

@@ -1,7 +1,20 @@
+import ast
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from mbmpo_ray.imagination import StateBounds, imagine, task_members
+from mbmpo_ray.imagination import (
+    ImaginationSampler,
+    StateBounds,
+    first_task_of_each_member,
+    imagine,
+    task_members,
+)
+from mbmpo_ray.models import DynamicsEnsemble
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mbmpo_ray"
 
 
 class LinearMembers:
@@ -27,8 +40,28 @@ def test_task_members_uses_every_member_equally():
     m = task_members(20, 5)
     assert torch.equal(torch.bincount(m), torch.full((5,), 4))
     assert torch.equal(m[:4], torch.zeros(4, dtype=torch.long))
+    for num_tasks, k in [(20, 5), (5, 5), (6, 3), (4, 1), (12, 4)]:
+        m = task_members(num_tasks, k)
+        assert m.dtype == torch.long and m.shape == (num_tasks,)
+        assert torch.equal(torch.bincount(m, minlength=k), torch.full((k,), num_tasks // k))
+        assert torch.all(m[1:] >= m[:-1])  # member-major: T x N -> K x (T/K * N) reshapes
     with pytest.raises(ValueError, match="multiple of ensemble_size"):
         task_members(7, 5)
+    for num_tasks, k in [(6, 4), (0, 2), (3, 5), (5, 0)]:
+        with pytest.raises(ValueError, match="multiple|ensemble_size"):
+            task_members(num_tasks, k)
+
+
+def test_first_task_of_each_member():
+    assert first_task_of_each_member(20, 5) == [0, 4, 8, 12, 16]
+    assert first_task_of_each_member(3, 3) == [0, 1, 2]
+    assert first_task_of_each_member(4, 1) == [0]
+    for num_tasks, k in [(20, 5), (6, 3), (12, 4)]:
+        members = task_members(num_tasks, k)
+        first = first_task_of_each_member(num_tasks, k)
+        assert members[first].tolist() == list(range(k))
+    with pytest.raises(ValueError, match="multiple"):
+        first_task_of_each_member(6, 4)
 
 
 def test_each_task_runs_in_its_member_and_actions_are_clipped():
@@ -91,3 +124,94 @@ def test_state_bounds_clip_changes_and_states_to_the_widened_data_range():
     assert free.next_obs[1, 0, -1, 0] == 8.0  # without bounds the state runs away
     with pytest.raises(ValueError, match="margin >= 0"):
         StateBounds.from_transitions(obs, nxt, margin=-1.0)
+
+
+class NoisyLinearPolicy:
+    """Duck-typed task-batched policy: a = w_t * obs_0 + exp(log_std_t) * eps."""
+
+    def sample(self, params, obs, generator=None, batched=False):
+        assert batched
+        mean = params["w"].view(-1, 1, 1) * obs[..., :1]
+        eps = torch.randn(mean.shape, generator=generator, dtype=obs.dtype)
+        return mean + params["log_std"].exp().view(-1, 1, 1) * eps, -0.5 * eps.square().sum(-1)
+
+
+def _fitted_probabilistic_ensemble(k=2):
+    torch.manual_seed(0)
+    ens = DynamicsEnsemble(2, 1, k, (16,), probabilistic=True)
+    obs, act = torch.randn(200, 2), torch.rand(200, 1) * 2 - 1
+    ens.update_normalizers(obs, act, obs + 0.1 * act)
+    return ens, obs
+
+
+@pytest.mark.parametrize("deterministic_model", [True, False])
+def test_imagination_sampler_equals_a_direct_imagine_call(deterministic_model):
+    ens, real = _fitted_probabilistic_ensemble()
+    T, N, H = 4, 3, 5
+    policy = NoisyLinearPolicy()
+    params = {"w": torch.linspace(-1, 1, T), "log_std": torch.full((T,), -1.0)}
+    reward_fn = lambda o, a, n: n[..., 0] - a[..., 0].square()
+    term_fn = lambda n: n[..., 1] > 2.0
+    bounds = StateBounds.from_transitions(real, real + 0.1, margin=2.0)
+    common = dict(action_low=-1.0, action_high=1.0, deterministic_model=deterministic_model,
+                  bounds=bounds)
+    sampler = ImaginationSampler(ens, policy, real, num_tasks=T, rollouts_per_task=N,
+                                 horizon=H, reward_fn=reward_fn, termination_fn=term_fn,
+                                 generator=torch.Generator().manual_seed(7), **common)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(2):  # consecutive calls continue the same random stream
+        got = sampler(params)
+        idx = torch.randint(len(real), (T, N), generator=gen)
+        want = imagine(ens, lambda obs, g: policy.sample(params, obs, g, batched=True),
+                       real[idx], H, reward_fn, term_fn, generator=gen, **common)
+        for name in ("obs", "actions", "rewards", "dones", "mask", "log_probs", "next_obs"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        assert got.obs.shape == (T, N, H, 2)
+        # start states are real states
+        assert all(any(torch.equal(s, r) for r in real) for s in got.obs[:, :, 0].reshape(-1, 2))
+    assert torch.equal(sampler.generator.get_state(), gen.get_state())
+
+
+def test_imagination_sampler_rejects_bad_sizes():
+    ens, real = _fitted_probabilistic_ensemble(k=2)
+    kw = dict(rollouts_per_task=2, horizon=3, reward_fn=lambda o, a, n: n[..., 0],
+              termination_fn=None, action_low=-1.0, action_high=1.0, generator=None)
+    with pytest.raises(ValueError, match="multiple of ensemble_size"):
+        ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=3, **kw)
+    with pytest.raises(ValueError, match="M x D"):
+        ImaginationSampler(ens, NoisyLinearPolicy(), real[:0], num_tasks=2, **kw)
+    with pytest.raises(ValueError, match="horizon"):
+        ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=2,
+                           **{**kw, "horizon": 0})
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every ``module.name`` a file imports (relative imports resolved), anywhere in it."""
+    package = path.relative_to(PACKAGE.parent).parts[:-1]  # e.g. ("mbmpo_ray", "models")
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            module = ".".join((*base, *([node.module] if node.module else [])))
+            names |= {f"{module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_core_modules_import_only_torch_numpy_gymnasium():
+    """models/, imagination.py and buffer.py stay free of Ray (and imagination of meta, which
+    imports it): only the standard library, torch, numpy, gymnasium and pure-Python
+    mbmpo_ray modules, at module level or inside functions."""
+    files = [*sorted((PACKAGE / "models").glob("*.py")), PACKAGE / "imagination.py",
+             PACKAGE / "buffer.py"]
+    allowed_own = {"mbmpo_ray.models", "mbmpo_ray.settings", "mbmpo_ray.imagination"}
+    for path in files:
+        for name in _imported_modules(path):
+            top = name.split(".")[0]
+            if top == "mbmpo_ray":
+                assert any(name == m or name.startswith(m + ".") for m in allowed_own), (
+                    path.name, name)
+            else:
+                assert top in sys.stdlib_module_names or top in {"torch", "numpy", "gymnasium"}, (
+                    path.name, name)

@@ -1,7 +1,9 @@
-"""Fast unit tests of ``mbmpo_ray.meta``: policy, returns, TRPO helpers, MAML inner/outer step."""
+"""Fast unit tests of ``mbmpo_ray.meta``: config, policy, returns, TRPO helpers, inner and
+outer step, meta step and the final task adaptation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -15,14 +17,18 @@ from mbmpo_ray.meta import (
     MetaConfig,
     TaskBatch,
     adapt,
+    adapt_policies,
     adapt_steps,
+    adapt_tasks,
     backtracking_line_search,
     compute_returns,
     conjugate_gradient,
     discount_cumsum,
+    estimate_advantages,
     explained_variance,
     gae,
     imagined_return,
+    inner_gradients,
     make_gauss_newton_hvp,
     make_hvp,
     masked_mean,
@@ -31,10 +37,10 @@ from mbmpo_ray.meta import (
     normalize_advantages,
     outer_surrogate,
     ppo_surrogate,
-    process_batch,
-    task_members,
+    trpo_outer_step,
     trpo_step,
 )
+from mbmpo_ray.settings import rules_of
 
 F64 = torch.float64
 
@@ -329,8 +335,8 @@ def test_trpo_step_restores_params_when_surrogate_always_gets_worse() -> None:
     assert float(good(x_new)) > 0.0
 
 
-# ------------------------------------------------------------------------------------- maml
-def test_alpha_zero_gives_theta_bit_for_bit() -> None:
+# ------------------------------------------------------------------------ inner / outer step
+def test_zero_inner_lr_gives_theta_bit_for_bit() -> None:
     policy = GaussianMLPPolicy(3, 2)
     params = policy.init_params(torch.Generator().manual_seed(0))
     params = {k: v.requires_grad_(True) for k, v in params.items()}
@@ -345,9 +351,9 @@ def test_alpha_zero_gives_theta_bit_for_bit() -> None:
                 assert torch.equal(tp[k][t], p) and torch.equal(tp2[k][t], p)
 
 
-def _meta_objective_grad(policy, params, pre, post, alpha, first_order, steps=1):
+def _meta_objective_grad(policy, params, pre, post, inner_lr, first_order, steps=1):
     x = policy.flatten(params).detach().requires_grad_(True)
-    tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, alpha, first_order)
+    tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, inner_lr, first_order)
     (grad,) = torch.autograd.grad(outer_surrogate(policy, tp, post), x)
     return grad
 
@@ -356,14 +362,14 @@ def _meta_objective_grad(policy, params, pre, post, alpha, first_order, steps=1)
 def test_meta_gradient_matches_finite_differences(steps: int) -> None:
     policy = _tiny_policy()
     params = _random_params(policy)
-    alpha = 0.3
+    inner_lr = 0.3
     pre = _task_batch(policy, None, seed=1)
-    post_params = adapt_steps(policy, params, [pre] * steps, alpha)
+    post_params = adapt_steps(policy, params, [pre] * steps, inner_lr)
     post = _task_batch(policy, {k: v.detach() for k, v in post_params.items()}, seed=2)
-    grad = _meta_objective_grad(policy, params, pre, post, alpha, False, steps)
+    grad = _meta_objective_grad(policy, params, pre, post, inner_lr, False, steps)
 
     def f(x: torch.Tensor) -> float:
-        tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, alpha, True)
+        tp = adapt_steps(policy, policy.unflatten(x), [pre] * steps, inner_lr, True)
         return float(outer_surrogate(policy, tp, post).detach())
 
     theta = policy.flatten(params).detach()
@@ -375,7 +381,7 @@ def test_meta_gradient_matches_finite_differences(steps: int) -> None:
         fd[i] = (f(theta + e) - f(theta - e)) / (2 * eps)
     torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-8)
     # first-order MAML ignores the inner Jacobian, so it must differ here
-    grad_fo = _meta_objective_grad(policy, params, pre, post, alpha, True, steps)
+    grad_fo = _meta_objective_grad(policy, params, pre, post, inner_lr, True, steps)
     assert not torch.allclose(grad_fo, grad, rtol=1e-3, atol=1e-6)
 
 
@@ -404,6 +410,20 @@ def test_inner_step_is_per_task_vanilla_policy_gradient() -> None:
         grads = torch.autograd.grad(j, list(p.values()))
         for (k, v), gk in zip(p.items(), grads, strict=True):
             torch.testing.assert_close(tp[k][t], v + 0.1 * gk)
+
+
+def test_adapt_reuses_precomputed_gradients_bit_for_bit() -> None:
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    pre = _task_batch(policy, None, num_tasks=3, seed=5)
+    tp = policy.expand_params(params, 3)
+    gradients = inner_gradients(policy, tp, pre)
+    reused = adapt(policy, tp, pre, 0.1, first_order=True, batched_params=True,
+                   gradients=gradients)
+    fresh = adapt(policy, tp, pre, 0.1, first_order=True, batched_params=True)
+    assert all(torch.equal(reused[k], fresh[k]) for k in fresh)
+    with pytest.raises(ValueError, match="first_order"):
+        adapt(policy, tp, pre, 0.1, batched_params=True, gradients=gradients)
 
 
 def test_ppo_surrogate_clips_and_matches_unclipped_at_old_params() -> None:
@@ -445,37 +465,79 @@ def test_imagined_return_and_masked_mean() -> None:
 
 
 # ------------------------------------------------------------------------------------- config
-def test_task_members_uses_every_member_equally() -> None:
-    for num_tasks, k in [(20, 5), (5, 5), (6, 3), (4, 1), (12, 4)]:
-        m = task_members(num_tasks, k)
-        assert m.dtype == torch.long and m.shape == (num_tasks,)
-        assert torch.equal(torch.bincount(m, minlength=k), torch.full((k,), num_tasks // k))
-        assert torch.all(m[1:] >= m[:-1])
-    for num_tasks, k in [(6, 4), (0, 2), (3, 5), (5, 0)]:
-        with pytest.raises(ValueError, match="multiple|ensemble_size"):
-            task_members(num_tasks, k)
+META_FIELDS = (
+    "num_tasks", "inner_lr", "num_inner_steps", "first_order", "gamma", "gae_lambda",
+    "normalize_advantages", "baseline_reg_coeff", "outer_optimizer", "max_kl", "cg_iters",
+    "cg_damping", "hvp_method", "hvp_subsample", "ls_backtrack_ratio", "ls_max_steps",
+    "ppo_clip", "ppo_epochs", "ppo_lr",
+)
+
+
+def test_meta_config_fields_defaults_and_rules() -> None:
+    cfg = MetaConfig()
+    assert tuple(f.name for f in dataclasses.fields(MetaConfig)) == META_FIELDS
+    assert set(rules_of(MetaConfig)) == set(META_FIELDS)  # every field has a rule
+    assert cfg.problems() == [] and cfg.validate() is cfg
+    assert (cfg.inner_lr, cfg.max_kl, cfg.gamma, cfg.gae_lambda) == (0.001, 0.01, 0.99, 1.0)
+    assert (cfg.num_tasks, cfg.num_inner_steps, cfg.first_order, cfg.outer_optimizer) == (
+        5, 1, False, "trpo")
+    assert (cfg.cg_iters, cfg.cg_damping, cfg.hvp_method, cfg.hvp_subsample) == (
+        10, 1e-5, "gauss_newton", 5)
+    assert (cfg.ls_backtrack_ratio, cfg.ls_max_steps) == (0.8, 15)
+    assert (cfg.ppo_clip, cfg.ppo_epochs, cfg.ppo_lr) == (0.2, 5, 1e-3)
+    assert (cfg.normalize_advantages, cfg.baseline_reg_coeff) == (True, 1e-5)
+    # boundary values that are allowed
+    ok = MetaConfig(inner_lr=0.0, gamma=1.0, gae_lambda=0.0, cg_damping=0.0, hvp_subsample=1)
+    assert ok.validate() is ok
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "match"),
+    ("field", "value"),
     [
-        ("alpha", -0.1, "alpha"),
-        ("max_kl", 0.0, "max_kl"),
-        ("outer_optimizer", "adam", "outer_optimizer"),
-        ("num_inner_steps", 0, "num_inner_steps"),
-        ("gamma", 1.5, "gamma"),
-        ("ls_backtrack_ratio", 1.0, "ls_backtrack_ratio"),
-        ("num_tasks", 0, "num_tasks"),
-        ("hvp_method", "bfgs", "hvp_method"),
+        # wrong values
+        ("inner_lr", -0.1),
+        ("inner_lr", float("nan")),
+        ("max_kl", 0.0),
+        ("outer_optimizer", "adam"),
+        ("num_inner_steps", 0),
+        ("gamma", 0.0),
+        ("gamma", 1.5),
+        ("gae_lambda", 1.1),
+        ("ls_backtrack_ratio", 1.0),
+        ("num_tasks", 0),
+        ("hvp_method", "bfgs"),
+        ("hvp_subsample", 0),
+        ("baseline_reg_coeff", 0.0),
+        ("cg_damping", -1e-3),
+        ("ppo_clip", 0.0),
+        # wrong types
+        ("num_tasks", 2.5),
+        ("num_tasks", "abc"),
+        ("num_tasks", True),
+        ("cg_iters", None),
+        ("hvp_subsample", 2.0),
+        ("gamma", "0.99"),
+        ("max_kl", float("inf")),
+        ("outer_optimizer", 1),
+        ("first_order", 1),
+        ("normalize_advantages", "yes"),
+        ("ppo_epochs", 5.0),
     ],
 )
-def test_meta_config_validate(field: str, value: object, match: str) -> None:
-    cfg = MetaConfig()
-    assert cfg.validate() is cfg
-    assert (cfg.alpha, cfg.max_kl, cfg.gamma, cfg.gae_lambda) == (0.001, 0.01, 0.99, 1.0)
-    setattr(cfg, field, value)
-    with pytest.raises(ValueError, match=match):
+def test_meta_config_rejects_wrong_types_and_values(field: str, value: object) -> None:
+    cfg = MetaConfig(**{field: value})
+    assert len(cfg.problems()) == 1 and cfg.problems()[0].startswith(f"{field} must be ")
+    with pytest.raises(ValueError, match=rf"MetaConfig: .*\n  - {field} must be .*got"):
         cfg.validate()
+
+
+def test_meta_config_lists_every_problem_at_once() -> None:
+    cfg = MetaConfig(num_tasks=2.5, gamma=2.0, outer_optimizer="sgd")
+    with pytest.raises(ValueError, match="3 invalid") as err:
+        cfg.validate()
+    for field in ("num_tasks", "gamma", "outer_optimizer"):
+        assert f"{field} must be" in str(err.value)
+    assert "'trpo', 'ppo'" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------- meta step
@@ -520,7 +582,7 @@ def _toy_sample_fn(policy, num_tasks=4, n=16, horizon=12, seed=0):
         {},
         {"outer_optimizer": "ppo"},
         {"num_inner_steps": 2, "first_order": True},
-        {"alpha": 0.0},
+        {"inner_lr": 0.0},
         {"hvp_method": "exact"},
         {"hvp_method": "first_order"},
     ],
@@ -529,7 +591,7 @@ def test_meta_step_runs_and_improves_toy_problem(overrides: dict) -> None:
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
     params = policy.init_params(torch.Generator().manual_seed(0))
-    cfg = MetaConfig(**{"num_tasks": 4, "alpha": 0.05, "max_kl": 0.05, **overrides})
+    cfg = MetaConfig(**{"num_tasks": 4, "inner_lr": 0.05, "max_kl": 0.05, **overrides})
     sample_fn = _toy_sample_fn(policy)
     returns = []
     for _ in range(6):
@@ -565,15 +627,69 @@ def test_meta_step_rejects_wrong_task_count() -> None:
 
     with pytest.raises(ValueError, match="num_tasks"):
         meta_step(policy, params, sample_fn, MetaConfig(num_tasks=4))
+    with pytest.raises(ValueError, match="num_tasks"):
+        adapt_policies(policy, params, sample_fn, MetaConfig(num_tasks=4))
     with pytest.raises(ValueError, match="task axis"):
         policy.mean_and_log_std(policy.expand_params(params, 3), torch.zeros(2, 5, 2), True)
 
 
-def test_process_batch_recomputes_old_log_probs_and_baseline() -> None:
+def _perturbed_params(policy: GaussianMLPPolicy) -> dict[str, torch.Tensor]:
+    """float32 params whose inner gradient is not tiny (the output layer starts near 0)."""
+    g = torch.Generator().manual_seed(1)
+    init = policy.init_params(torch.Generator().manual_seed(0))
+    return {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in init.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("inner_lr", [0.05, 0.0])
+def test_adapt_policies_equals_manual_inner_loop(steps: int, inner_lr: float) -> None:
+    """The learner's final adaptation, written out: sample, estimate advantages, first-order
+    inner step, detach; bit for bit, and the sampler's RNG is consumed alike."""
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    params = _perturbed_params(policy)
+    cfg = MetaConfig(num_tasks=4, inner_lr=inner_lr, num_inner_steps=steps)
+    sample_a = _toy_sample_fn(policy, seed=3)
+    got = adapt_policies(policy, params, sample_a, cfg)
+
+    sample_b = _toy_sample_fn(policy, seed=3)
+    task_params = policy.expand_params(params, 4)
+    for _ in range(steps):
+        tb = estimate_advantages(policy, task_params, sample_b(task_params), cfg.gamma,
+                                 cfg.gae_lambda, cfg.normalize_advantages, cfg.baseline_reg_coeff)
+        adapted = adapt(policy, task_params, tb, inner_lr, first_order=True, batched_params=True)
+        task_params = {k: v.detach() for k, v in adapted.items()}
+
+    assert list(got) == policy.param_names
+    for k, p in params.items():
+        assert got[k].shape == (4, *p.shape) and not got[k].requires_grad
+        assert torch.equal(got[k], task_params[k])
+    theta = policy.flatten(params)
+    for t in range(4):  # inner_lr = 0: every task policy is theta; else each one moved
+        task_t = policy.flatten({k: v[t] for k, v in got.items()})
+        assert torch.equal(task_t, theta) == (inner_lr == 0.0)
+    assert torch.equal(sample_a(got).actions, sample_b(task_params).actions)
+
+
+def test_adapt_tasks_returns_the_batches_and_first_inner_gradient() -> None:
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    params = _perturbed_params(policy)
+    cfg = MetaConfig(num_tasks=4, inner_lr=0.05, num_inner_steps=2)
+    with_grads = adapt_tasks(policy, params, _toy_sample_fn(policy, seed=3), cfg,
+                             with_first_grads=True)
+    plain = adapt_tasks(policy, params, _toy_sample_fn(policy, seed=3), cfg)
+    assert plain.first_grads is None and len(with_grads.batches) == 2
+    assert all(torch.equal(with_grads.task_params[k], plain.task_params[k]) for k in params)
+    assert torch.equal(with_grads.first_raw.obs, with_grads.batches[0].obs)
+    _, grads = inner_gradients(policy, policy.expand_params(params, 4), with_grads.batches[0])
+    assert all(torch.equal(with_grads.first_grads[k], grads[k]) for k in grads)
+    assert with_grads.sample_seconds > 0.0
+
+
+def test_estimate_advantages_recomputes_old_log_probs_and_baseline() -> None:
     policy = GaussianMLPPolicy(2, 2, hidden_sizes=(4,))
     params = policy.expand_params(policy.init_params(), 4)
     raw = _toy_sample_fn(policy)(params)
-    tb = process_batch(policy, params, raw, gamma=0.99, gae_lambda=1.0, normalize=False)
+    tb = estimate_advantages(policy, params, raw, gamma=0.99, gae_lambda=1.0, normalize=False)
     torch.testing.assert_close(tb.old_log_probs, raw.log_probs)
     torch.testing.assert_close(tb.advantages, (tb.returns - tb.values) * tb.mask)
     assert explained_variance(tb.values, tb.returns, tb.mask) > 0.5
@@ -581,8 +697,6 @@ def test_process_batch_recomputes_old_log_probs_and_baseline() -> None:
 
 def test_hvp_subsample_keeps_the_trpo_direction() -> None:
     """CG on every 2nd rollout gives nearly the full-batch natural gradient; k = 1 is exact."""
-    from mbmpo_ray.meta import trpo_meta_update
-
     policy = _tiny_policy()
     params = _random_params(policy)
     pre = _task_batch(policy, policy.expand_params(params, 2), n=40, h=6, seed=1)
@@ -590,8 +704,8 @@ def test_hvp_subsample_keeps_the_trpo_direction() -> None:
     post = _task_batch(policy, post_params, n=40, h=6, seed=2)
 
     def step(k: int) -> torch.Tensor:
-        cfg = MetaConfig(num_tasks=2, alpha=0.01, hvp_subsample=k, ls_max_steps=30)
-        new, info = trpo_meta_update(policy, params, [pre], post, cfg)
+        cfg = MetaConfig(num_tasks=2, inner_lr=0.01, hvp_subsample=k, ls_max_steps=30)
+        new, info = trpo_outer_step(policy, params, [pre], post, cfg)
         assert info["ls_accepted"] == 1.0
         return policy.flatten(new) - policy.flatten(params)
 

@@ -3,7 +3,9 @@
 Everything is small (K=3, hidden (64, 64), a few thousand rows) and runs on one CPU thread.
 """
 
+import dataclasses
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from mbmpo_ray.models import (
     FitConfig,
     Normalizer,
     fit_ensemble,
+    train_step,
 )
 from mbmpo_ray.models.training import _member_mse
+from mbmpo_ray.settings import build
 
 OBS, ACT, K, HIDDEN = 4, 2, 3, (64, 64)
 
@@ -142,14 +146,150 @@ def test_predict_shapes_member_idx_and_sampling():
     assert torch.allclose(det, torch.from_numpy(full))
 
 
+# --------------------------------------------------------------------------- elite sampling (MBPO)
+
+
+def test_sample_elite_next_obs_uses_only_elites_and_their_means():
+    ens = make(probabilistic=True, num_elites=2)
+    obs, act, nxt = linear_system(400)
+    ens.update_normalizers(obs, act, nxt)
+    ens.select_elites([0.3, 0.1, 0.2])  # elites: members 1 and 2
+    o, a = torch.from_numpy(obs), torch.from_numpy(act)
+    out, members = ens.sample_elite_next_obs(o, a, gen(0), deterministic=True,
+                                             return_members=True)
+    assert out.shape == (400, OBS) and members.shape == (400,)
+    assert set(members.tolist()) == {1, 2}  # only elites, both used
+    # each row is its member's mean prediction (one batched forward, then a gather)
+    per_member = ens.sample_next_obs(o.expand(K, -1, -1), a.expand(K, -1, -1))
+    assert torch.equal(out, per_member[members, torch.arange(400)])
+    # all members elite (the default): every member is drawn
+    _, all_members = make(probabilistic=True).sample_elite_next_obs(
+        o, a, gen(0), return_members=True)
+    assert set(all_members.tolist()) == set(range(K))
+
+
+def test_sample_elite_next_obs_is_seeded_and_samples_the_members_gaussian():
+    ens = make(probabilistic=True, num_elites=2)
+    obs, act, nxt = linear_system(400)
+    ens.update_normalizers(obs, act, nxt)
+    ens.select_elites([0.1, 0.3, 0.2])  # elites: members 0 and 2
+    b = 20_000
+    o = torch.from_numpy(obs[:1]).expand(b, -1)  # one state-action pair, many draws
+    a = torch.from_numpy(act[:1]).expand(b, -1)
+    s1, m1 = ens.sample_elite_next_obs(o, a, gen(4), return_members=True)
+    s2, m2 = ens.sample_elite_next_obs(o, a, gen(4), return_members=True)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
+    assert not torch.equal(s1, ens.sample_elite_next_obs(o, a, gen(5)))
+    # The exact recipe: members from one randint, then B x D standard normal noise.
+    g = gen(4)
+    pick = torch.randint(2, (b,), generator=g)
+    assert torch.equal(m1, torch.tensor([0, 2])[pick])
+    noise = torch.randn(b, OBS, generator=g)
+    mean, logvar = ens.forward_members(o[:1].expand(K, -1, -1), a[:1].expand(K, -1, -1))
+    mean, std = mean[:, 0], torch.exp(0.5 * logvar[:, 0])  # K x D
+    expected = o + ens.delta_normalizer.denormalize(mean[m1] + noise * std[m1])
+    torch.testing.assert_close(s1, expected)
+    # Statistically: per member, the normalised deltas have that member's mean and std.
+    z = ens.delta_normalizer.normalize(s1 - o)
+    for k in (0, 2):
+        zk = z[m1 == k]
+        torch.testing.assert_close(zk.mean(0), mean[k], atol=0.05 * std[k].max().item(),
+                                   rtol=0)
+        torch.testing.assert_close(zk.std(0), std[k], rtol=0.05, atol=0)
+    assert not torch.allclose(std[0], std[2], rtol=0.05)  # the members' stds differ
+    # The deterministic head ignores `deterministic` and draws no noise.
+    det = make(probabilistic=False)
+    det.update_normalizers(obs, act, nxt)
+    d1 = det.sample_elite_next_obs(o[:10], a[:10], gen(1))
+    assert torch.equal(d1, det.sample_elite_next_obs(o[:10], a[:10], gen(1), deterministic=True))
+
+
+# --------------------------------------------------------------------------- fit config
+
+
+def test_fit_config_rejects_wrong_types_and_values_all_at_once():
+    assert FitConfig().problems() == []
+    assert FitConfig().validate() == FitConfig()
+    bad = FitConfig(model_batch_size=2.5, model_lr="abc", model_holdout_ratio=1.0,
+                    model_patience=0, model_bootstrap="yes", eval_batch_size=0,
+                    model_weight_decay=-1.0, model_max_epochs=-1, model_max_holdout=None,
+                    model_improvement_threshold=float("nan"), update_normalizers=1)
+    found = bad.problems()
+    assert len(found) == len(dataclasses.fields(FitConfig))  # every field is wrong
+    for name in ("model_batch_size", "model_lr", "model_holdout_ratio", "model_patience"):
+        assert any(p.startswith(name + " must be") for p in found), name
+    with pytest.raises(ValueError, match=r"FitConfig: 11 invalid") as err:
+        bad.validate()
+    assert "model_batch_size must be an integer >= 1, got 2.5" in str(err.value)
+    assert "model_lr must be a number > 0, got 'abc' (str)" in str(err.value)
+    assert FitConfig(model_batch_size="500").problems()  # a string is not an integer
+    assert FitConfig(model_holdout_ratio=-0.1).problems()
+    assert FitConfig(model_holdout_ratio=0.0, model_max_epochs=0).problems() == []
+    assert FitConfig(model_lr=1).problems() == []  # ints are numbers
+    # fit_ensemble validates first: nothing changes on a bad config
+    ens = make()
+    before = snapshot(ens)
+    obs, act, nxt = linear_system(50)
+    with pytest.raises(ValueError, match="model_holdout_ratio"):
+        fit_ensemble(ens, obs, act, nxt, FitConfig(model_holdout_ratio=1.5))
+    assert_state_equal(before, snapshot(ens))
+
+
+def test_fit_config_builds_from_an_algorithm_config_by_name():
+    algo = SimpleNamespace(model_batch_size=256, model_lr=3e-4, model_max_epochs=7,
+                           model_patience=2, model_holdout_ratio=0.1, num_tasks=20)
+    cfg = build(FitConfig, algo, update_normalizers=False)
+    assert cfg == FitConfig(model_batch_size=256, model_lr=3e-4, model_max_epochs=7,
+                            model_patience=2, model_holdout_ratio=0.1, update_normalizers=False)
+    assert cfg.validate() is cfg
+    assert cfg.holdout_size(1000) == 100
+    assert FitConfig(model_max_holdout=30).holdout_size(1000) == 30
+    assert FitConfig(model_holdout_ratio=0.9).holdout_size(5) == 4  # >= 1 training row
+
+
 # --------------------------------------------------------------------------- fitting
+
+
+def test_seeded_fits_are_bit_identical():
+    obs, act, nxt = linear_system(400, noise=0.3)
+    cfg = FitConfig(model_batch_size=64, model_max_epochs=4, model_patience=1)
+    outs = []
+    for _ in range(2):
+        ens, g = make(probabilistic=True), gen(3)
+        res, opt = fit_ensemble(ens, obs, act, nxt, cfg, generator=g)
+        outs.append((snapshot(ens), res, opt, g.get_state()))
+    (s1, r1, o1, g1), (s2, r2, o2, g2) = outs
+    assert_state_equal(s1, s2)
+    assert torch.equal(g1, g2)  # the generator was consumed identically
+    for f in dataclasses.fields(r1):
+        assert np.array_equal(np.asarray(getattr(r1, f.name)), np.asarray(getattr(r2, f.name)))
+    for pid, st in o1["state"].items():
+        assert all(torch.equal(v, o2["state"][pid][n]) for n, v in st.items())
+
+
+def test_train_step_moves_only_members_with_weight():
+    ens = make()
+    obs, act, nxt = linear_system(300)
+    ens.update_normalizers(obs, act, nxt)
+    x = ens.input_normalizer.normalize(torch.cat((torch.from_numpy(obs), torch.from_numpy(act)),
+                                                 1))
+    y = ens.delta_normalizer.normalize(torch.from_numpy(nxt - obs))
+    rows = torch.arange(300).view(K, 100)
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in ens.member_parameters()]
+    losses = train_step(ens, opt, x[rows], y[rows], torch.tensor([1.0, 0.0, 1.0]))
+    assert losses.shape == (K,) and not losses.requires_grad
+    for p, q in zip(ens.member_parameters(), before, strict=True):
+        assert torch.equal(p[1], q[1])  # zero weight: zero gradient, fresh Adam does not move
+        assert not torch.equal(p[0], q[0]) and not torch.equal(p[2], q[2])
+
 
 
 @pytest.mark.parametrize("probabilistic", [False, True])
 def test_fit_learns_linear_dynamics(probabilistic):
     obs, act, nxt = linear_system(3000, noise=1e-3)
     ens = make(probabilistic, num_elites=2 if probabilistic else None)
-    cfg = FitConfig(batch_size=100, lr=1e-3, max_epochs=40, patience=5)
+    cfg = FitConfig(model_batch_size=100, model_lr=1e-3, model_max_epochs=40, model_patience=5)
     res, opt_state = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen())
     assert not res.diverged and opt_state["state"]
     assert res.val_loss.shape == res.train_loss.shape == res.epochs.shape == (K,)
@@ -181,12 +321,12 @@ def test_early_stopping_freezes_members_and_keeps_best_weights():
     obs, act, nxt = linear_system(1500, noise=0.3)  # noisy: validation plateaus quickly
     ens = make()
     logged = []
-    cfg = FitConfig(batch_size=100, lr=3e-3, max_epochs=200, patience=2)
+    cfg = FitConfig(model_batch_size=100, model_lr=3e-3, model_max_epochs=200, model_patience=2)
     res, _ = fit_ensemble(
         ens, obs, act, nxt, cfg, generator=gen(1), log_fn=lambda e, tr, va: logged.append(va)
     )
     print("epochs per member", res.epochs, "best epoch", res.best_epoch)
-    assert (res.epochs < cfg.max_epochs).all()
+    assert (res.epochs < cfg.model_max_epochs).all()
     # best_epoch follows any improvement, patience is reset only by a >= 1% improvement.
     assert ((res.best_epoch >= 1) & (res.best_epoch <= res.epochs)).all()
     vals = np.stack(logged)  # E x K
@@ -206,11 +346,11 @@ def test_early_stopping_freezes_members_and_keeps_best_weights():
 
 def test_warm_start_begins_from_lower_loss():
     obs, act, nxt = linear_system(2000)
-    cfg = FitConfig(batch_size=100, max_epochs=10)
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=10)
     warm = make()
     _, opt_state = fit_ensemble(warm, obs, act, nxt, cfg, generator=gen(0))
     obs2, act2, nxt2 = linear_system(2000, seed=5)
-    cfg1 = FitConfig(batch_size=100, max_epochs=1)
+    cfg1 = FitConfig(model_batch_size=100, model_max_epochs=1)
     res_warm, _ = fit_ensemble(
         warm, obs2, act2, nxt2, cfg1, generator=gen(1), optimizer_state=opt_state
     )
@@ -226,7 +366,8 @@ def test_row_ids_hold_out_the_same_rows_in_every_fit():
     a row held out once is held out in every later fit on a grown buffer, so a warm-started
     member is never validated on rows it trained on; the newest rows fill a capped holdout."""
     obs, act, nxt = linear_system(3000)
-    cfg = FitConfig(batch_size=100, max_epochs=1, holdout_ratio=0.2, max_holdout=10_000)
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=1, model_holdout_ratio=0.2,
+                    model_max_holdout=10_000)
     ens = make()
     first, _ = fit_ensemble(ens, obs[:2000], act[:2000], nxt[:2000], cfg, generator=gen(0),
                             row_ids=np.arange(2000))
@@ -237,8 +378,9 @@ def test_row_ids_hold_out_the_same_rows_in_every_fit():
     # without ids, a fresh random split: some of the first holdout is now trained on
     third, _ = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen(2))
     assert held1 - set(third.holdout_indices)
-    capped, _ = fit_ensemble(ens, obs, act, nxt, FitConfig(batch_size=100, max_epochs=1,
-                             max_holdout=50), generator=gen(3), row_ids=np.arange(3000))
+    capped_cfg = FitConfig(model_batch_size=100, model_max_epochs=1, model_max_holdout=50)
+    capped, _ = fit_ensemble(ens, obs, act, nxt, capped_cfg, generator=gen(3),
+                             row_ids=np.arange(3000))
     assert len(capped.holdout_indices) == 50
     assert set(capped.holdout_indices) == set(sorted(held2)[-50:])
     with pytest.raises(ValueError, match="row_ids must be 3000 integers"):
@@ -256,7 +398,7 @@ def test_non_finite_inputs_raise_and_leave_weights_unchanged():
     ens = make()
     before = snapshot(ens)
     with pytest.raises(ValueError, match="obs: 2 of 300 rows.*act: 1 of 300.*next_obs: 1 of 300"):
-        fit_ensemble(ens, obs, act, nxt, FitConfig(max_epochs=1))
+        fit_ensemble(ens, obs, act, nxt, FitConfig(model_max_epochs=1))
     assert_state_equal(before, snapshot(ens))
 
 
@@ -266,13 +408,15 @@ def test_non_finite_inputs_raise_and_leave_weights_unchanged():
 def test_divergence_restores_pre_fit_state(probabilistic, cause):
     obs, act, nxt = linear_system(500)
     ens = make(probabilistic)
-    _, opt_state = fit_ensemble(ens, obs, act, nxt, FitConfig(max_epochs=2), generator=gen())
+    _, opt_state = fit_ensemble(
+        ens, obs, act, nxt, FitConfig(model_max_epochs=2), generator=gen()
+    )
     before = snapshot(ens)
     if cause == "lr":  # absurd step size: weights blow up, losses overflow
-        cfg = FitConfig(lr=1e10, batch_size=50, max_epochs=5)
+        cfg = FitConfig(model_lr=1e10, model_batch_size=50, model_max_epochs=5)
         bad_act = act
     else:  # a finite float32 value that overflows inside the network (stale normalisers)
-        cfg = FitConfig(batch_size=50, max_epochs=5, update_normalizers=False)
+        cfg = FitConfig(model_batch_size=50, model_max_epochs=5, update_normalizers=False)
         bad_act = act.copy()
         bad_act[::7, 0] = 3e30
     with pytest.warns(RuntimeWarning, match="diverged"):
@@ -289,7 +433,7 @@ def test_divergence_restores_pre_fit_state(probabilistic, cause):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res2, _ = fit_ensemble(
-            ens, obs, act, nxt, FitConfig(max_epochs=1), optimizer_state=opt_after
+            ens, obs, act, nxt, FitConfig(model_max_epochs=1), optimizer_state=opt_after
         )
     assert not res2.diverged
 
@@ -304,7 +448,7 @@ def test_member_state_round_trip_through_sub_ensemble():
     assert np.array_equal(sub.predict(obs[:20], act[:20]), full[[0, 2]])
 
     # Fit the subset elsewhere (same normaliser statistics), then send it back.
-    cfg = FitConfig(batch_size=100, max_epochs=3, update_normalizers=False)
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=3, update_normalizers=False)
     fit_ensemble(sub, obs, act, nxt, cfg, generator=gen())
     state = sub.member_state([0, 1])
     assert state["net.0.weight"].shape[0] == 2 and "elite_mask" not in state

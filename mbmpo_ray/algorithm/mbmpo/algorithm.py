@@ -1,0 +1,287 @@
+"""MBMPO: the RLlib Algorithm orchestrating one MB-MPO iteration per ``training_step``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from mbmpo_ray.algorithm.fitting import EnsembleFitter
+from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig
+from mbmpo_ray.algorithm.sampling import RealSampler, iteration_seed, job_seed
+from mbmpo_ray.buffer import TransitionBuffer
+from mbmpo_ray.envs import EnvCreator
+from mbmpo_ray.imagination import StateBounds
+
+MBMPO_STATE = "mbmpo"
+_LAST = {"reduce": "mean", "window": 1}  # phase timers report this iteration's seconds
+
+
+class MBMPO(Algorithm):
+    """Model-Based Meta-Policy Optimization (Clavera et al. 2018) as an RLlib Algorithm.
+
+    One ``train()`` call is one paper iteration, five timed calls (see ``training_step``):
+    real sampling on the EnvRunnerGroup (:mod:`~mbmpo_ray.algorithm.sampling`), the buffer
+    (:mod:`~mbmpo_ray.buffer`), ensemble fitting (:class:`~mbmpo_ray.algorithm.fitting.
+    EnsembleFitter`), the meta update on the Learner (:mod:`~mbmpo_ray.algorithm.mbmpo.learner`,
+    which loops :func:`~mbmpo_ray.meta.meta_step` over :class:`~mbmpo_ray.imagination.
+    ImaginationSampler` batches), then weight sync and a real-env evaluation of the pre-update
+    policy. The buffer, the ensemble, its optimiser states and the adapted policies are part of
+    every checkpoint.
+    """
+
+    @classmethod
+    @override(Algorithm)
+    def get_default_config(cls) -> MBMPOConfig:
+        return MBMPOConfig()
+
+    @classmethod
+    @override(Algorithm)
+    def default_resource_request(cls, config):
+        """RLlib's bundles (driver, env runners, learners) plus one per model-trainer actor,
+        so a Tune trial reserves everything it starts and sweeps pack onto a cluster."""
+        pgf = super().default_resource_request(config)
+        cfg = cls.get_default_config().update_from_dict(
+            config if isinstance(config, dict) else config.to_dict()
+        )
+        extra = [{"CPU": cfg.num_cpus_per_model_trainer}] * cfg.num_model_trainers
+        extra = [b for b in extra if b["CPU"] > 0]
+        if not extra:
+            return pgf
+        return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
+
+    @staticmethod
+    @override(Algorithm)
+    def _get_env_id_and_creator(env_specifier, config):
+        # A restored config already carries our EnvCreator (a callable, not a class).
+        if isinstance(env_specifier, EnvCreator):
+            return env_specifier.spec.env_id, env_specifier
+        return Algorithm._get_env_id_and_creator(env_specifier, config)
+
+    @override(Algorithm)
+    def setup(self, config: MBMPOConfig) -> None:
+        # Every actor builds the env from a creator that carries the env's model functions.
+        # (RLlib's setup reads self.config, the Algorithm's own copy.)
+        self.config = self.config.copy(copy_frozen=False)
+        self.config.env = self.config.env_creator()
+        self.config.freeze()
+        super().setup(self.config)
+        cfg = self.config
+        self.env_spec = cfg.env_spec()
+        env = cfg.env(cfg.env_config)
+        cfg.validate_spaces(env.observation_space, env.action_space)
+        obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+        self._act_low = env.action_space.low.astype(np.float32)
+        self._act_high = env.action_space.high.astype(np.float32)
+        self._reset_env = env  # draws the initial states imagined rollouts start from
+
+        self.buffer = TransitionBuffer(obs_dim, act_dim, cfg.buffer_capacity)
+        torch.manual_seed(cfg.seed or 0)
+        self.fitter = EnsembleFitter(cfg.ensemble_kwargs(obs_dim, act_dim), cfg.fit_config,
+                                     cfg.num_model_trainers, cfg.num_cpus_per_model_trainer)
+        self.sampler = RealSampler(self.env_runner_group, self.restore_env_runners,
+                                   self._act_low, self._act_high)
+        self._adapted_params: list[dict[str, np.ndarray]] | None = None
+        # MB-MPO's own counters (RLlib keeps its own in self._counters)
+        self.mbmpo_counters = {"iterations": 0, "real_steps": 0, "imagined_steps": 0,
+                               "eval_steps": 0}
+
+    # ------------------------------------------------------------------ one paper iteration
+    @override(Algorithm)
+    def training_step(self) -> None:
+        """One MB-MPO iteration: sample, store, fit, meta update, sync and evaluate."""
+        seed = iteration_seed(self.config.seed, self.mbmpo_counters["iterations"])
+        with self.metrics.log_time((TIMERS, "sample_real"), **_LAST):
+            new = self._sample_real()
+        self.buffer.add(new["obs"], new["act"], new["next_obs"], new["reward"], new["done"])
+        data = {**self.buffer.all(), "row_ids": self.buffer.row_ids()}
+        with self.metrics.log_time((TIMERS, "fit_models"), **_LAST):
+            fit = self.fitter.fit(data, seed)
+        with self.metrics.log_time((TIMERS, "meta_update"), **_LAST):
+            meta = self._meta_update(data, seed)
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True)
+        with self.metrics.log_time((TIMERS, "evaluate_real"), **_LAST):
+            ev = self._evaluate_pre_update(self.config.eval_episodes_per_iter)
+        self.mbmpo_counters["iterations"] += 1
+        self._log_iteration(new, fit, meta, ev)
+
+    # ------------------------------------------------------------------ phases
+    def _sample_real(self) -> dict[str, Any]:
+        """Random actions until ``initial_random_steps``, else the K adapted policies."""
+        cfg = self.config
+        K = cfg.ensemble_size
+        random = len(self.buffer) == 0 and cfg.initial_random_steps > 0
+        if random:
+            n_jobs = self.sampler.num_runners()
+            kwargs = {"num_timesteps": math.ceil(cfg.initial_random_steps / n_jobs),
+                      "random_actions": True}
+            jobs = [(j, None, kwargs, self._job_seed(j)) for j in range(n_jobs)]
+        else:
+            params = self._adapted_params or [None] * K  # None: the runners' current theta
+            kwargs = {"num_timesteps": math.ceil(cfg.real_steps_per_iter / K), "explore": True}
+            jobs = [(k, params[k], kwargs, self._job_seed(k)) for k in range(K)]
+        out = self.sampler.run(jobs)
+        out["random"] = random
+        self.mbmpo_counters["real_steps"] += len(out["reward"])
+        return out
+
+    def _meta_update(self, data: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+        """The meta phase on the Learner: ``meta_steps_per_iter`` meta steps in imagination
+        started from real states, then the K adapted policies for the next real sampling."""
+        cfg = self.config
+        bounds = None
+        if cfg.imagine_clip_margin is not None:
+            bounds = StateBounds.from_transitions(data["obs"], data["next_obs"],
+                                                  cfg.imagine_clip_margin)
+        res = self.learner_group.foreach_learner(
+            lambda learner, **kw: learner.meta_update(**kw),
+            ensemble_kwargs=self.fitter.ensemble_kwargs,
+            ensemble_state=ray.put(self.fitter.ensemble_state()),
+            start_obs=ray.put(self._start_states(data["obs"], seed)),
+            env_spec=self.env_spec,
+            bounds=bounds,
+            action_low=self._act_low,
+            action_high=self._act_high,
+            seed=seed,
+        )
+        meta = next(iter(res)).get()
+        self._adapted_params = meta["adapted_params"]
+        # imaginations: (inner steps + 1) per meta step, plus the inner steps of the final
+        # adaptation; each T x N rollouts of H steps (nominal: terminated rollouts stop early)
+        n_imag = cfg.meta_steps_per_iter * (cfg.num_inner_steps + 1) + cfg.num_inner_steps
+        self.mbmpo_counters["imagined_steps"] += (
+            n_imag * cfg.num_tasks * cfg.rollouts_per_task * cfg.horizon)
+        return summarise_meta_steps(meta["history"])
+
+    def _start_states(self, buffer_obs: np.ndarray, seed: int) -> np.ndarray:
+        """Real states imagined rollouts start from: fresh ``reset()`` observations of the real
+        env (``imagine_from='reset'``; resets are not env steps) or every state in the buffer."""
+        cfg = self.config
+        if cfg.imagine_from == "buffer":
+            return buffer_obs
+        env = self._reset_env
+        first, _ = env.reset(seed=seed)
+        rest = [env.reset()[0] for _ in range(cfg.num_start_states - 1)]
+        return np.asarray([first, *rest], dtype=np.float32)
+
+    def _job_seed(self, job: int) -> int:
+        return job_seed(self.config.seed, self.mbmpo_counters["iterations"], job)
+
+    def _evaluate_pre_update(self, num_episodes: int) -> dict[str, Any]:
+        """Real-env episodes of the pre-update policy theta, spread over the runners."""
+        if num_episodes <= 0:
+            return {"episode_returns": [], "episode_lengths": []}
+        n_runners = self.sampler.num_runners()
+        per = [len(c) for c in np.array_split(np.arange(num_episodes), n_runners) if len(c)]
+        explore = self.config.eval_explore
+        jobs = [(j, None, {"num_episodes": n, "explore": explore}, self._job_seed(1000 + j))
+                for j, n in enumerate(per)]
+        out = self.sampler.run(jobs)
+        self.mbmpo_counters["eval_steps"] += len(out["reward"])
+        return out
+
+    def _log_iteration(self, new, fit, meta_diag, ev) -> None:
+        log = self.metrics.log_value
+        n_new = len(new["reward"])
+        log(NUM_ENV_STEPS_SAMPLED_LIFETIME, n_new, reduce="lifetime_sum")
+        log((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), n_new, reduce="lifetime_sum")
+        for key in ("real_steps", "imagined_steps", "eval_steps"):
+            log(f"num_{key}_lifetime", self.mbmpo_counters[key], reduce=None, window=1)
+        log("buffer_size", len(self.buffer), reduce=None, window=1)
+        if ev["episode_returns"]:
+            log("episode_return_mean", float(np.mean(ev["episode_returns"])), window=1)
+            log((ENV_RUNNER_RESULTS, "episode_return_mean"),
+                float(np.mean(ev["episode_returns"])), window=1)
+            log("episode_len_mean", float(np.mean(ev["episode_lengths"])), window=1)
+        if new["episode_returns"]:
+            key = "random_return_mean" if new["random"] else "post_adaptation_return_mean"
+            log(key, float(np.mean(new["episode_returns"])), window=1)
+        for k, v in fit.items():
+            log(("model", k), v, window=1)
+        for k, v in meta_diag.items():
+            log(("meta", k), v, window=1)
+
+    @override(Algorithm)
+    def evaluate(self, *args, num_episodes: int | None = None, **kwargs) -> dict[str, Any]:
+        """Real-env returns of the pre-update policy and of the adapted policies.
+
+        Both are sampled as in training (``eval_explore=True``) or with the mean action.
+
+        Args:
+            num_episodes: episodes per policy kind (default ``eval_episodes_per_iter``, min 1);
+                the adapted-policy episodes are spread over the K members.
+        """
+        n = max(1, num_episodes or self.config.eval_episodes_per_iter)
+        pre = self._evaluate_pre_update(n)
+        out = {"episode_return_mean": float(np.mean(pre["episode_returns"])),
+               "episode_returns": pre["episode_returns"]}
+        if self._adapted_params is not None:
+            K = self.config.ensemble_size
+            counts = [len(c) for c in np.array_split(np.arange(n), K)]
+            explore = self.config.eval_explore
+            jobs = [(k, self._adapted_params[k], {"num_episodes": c, "explore": explore},
+                     self._job_seed(2000 + k)) for k, c in enumerate(counts) if c]
+            post = self.sampler.run(jobs)
+            out["post_adaptation_return_mean"] = float(np.mean(post["episode_returns"]))
+            out["post_adaptation_episode_returns"] = post["episode_returns"]
+            # put theta back on the runners
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True)
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+    @override(Algorithm)
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state[MBMPO_STATE] = {
+            "buffer": self.buffer.get_state(),
+            "fitter": self.fitter.get_state(),
+            "adapted_params": self._adapted_params,
+            "counters": dict(self.mbmpo_counters),
+        }
+        return state
+
+    @override(Algorithm)
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        ours = state.get(MBMPO_STATE)
+        if ours is None:
+            return
+        self.buffer.set_state(ours["buffer"])
+        self.fitter.set_state(ours["fitter"])
+        self._adapted_params = ours["adapted_params"]
+        self.mbmpo_counters = dict(ours["counters"])
+
+    @override(Algorithm)
+    def cleanup(self) -> None:
+        self._reset_env.close()
+        self.fitter.stop()
+        super().cleanup()
+
+
+def summarise_meta_steps(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Scalar diagnostics of a run of meta steps: last value and mean over steps."""
+    out: dict[str, float] = {}
+    if not history:
+        return out
+    for key, last in history[-1].items():
+        if isinstance(last, (int, float)) and not isinstance(last, bool):
+            out[key] = float(last)
+            out[f"{key}_mean_over_steps"] = float(np.mean([h[key] for h in history]))
+        elif key.endswith("_per_task"):
+            out[key.replace("_per_task", "_per_member_min")] = float(np.min(last))
+    return out

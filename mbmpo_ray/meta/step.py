@@ -1,0 +1,143 @@
+"""One MB-MPO meta step (Clavera et al. 2018, Alg. 1, lines 6-9) and the final task adaptation.
+
+:func:`meta_step` composes the inner loop (:func:`~mbmpo_ray.meta.inner.adapt_tasks`) and the
+outer step (:mod:`mbmpo_ray.meta.outer`); :func:`adapt_policies` runs the same inner loop once
+more after the meta steps to get the adapted task policies ``theta'_t`` that collect real data.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from mbmpo_ray.imagination import ImaginedBatch, task_members
+from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.inner import (
+    AdaptedTasks,
+    Params,
+    SampleFn,
+    TaskBatch,
+    adapt_tasks,
+    detach,
+    estimate_advantages,
+    imagined_return,
+    sample_tasks,
+)
+from mbmpo_ray.meta.outer import ppo_outer_step, trpo_outer_step
+from mbmpo_ray.meta.policy import GaussianMLPPolicy
+from mbmpo_ray.meta.returns import explained_variance
+
+Diagnostics = dict[str, float | np.ndarray]
+
+
+def meta_step(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    sample_fn: SampleFn,
+    config: MetaConfig,
+    ensemble_size: int | None = None,
+) -> tuple[Params, Diagnostics]:
+    """One MB-MPO meta-policy step over ``config.num_tasks`` tasks.
+
+    1. sample pre-update trajectories for all T tasks with ``theta`` expanded to T;
+    2. fit per-task linear baselines, compute advantages, adapt ``theta -> theta'_t``
+       (repeated ``num_inner_steps`` times, each with freshly sampled trajectories);
+    3. sample post-update trajectories with ``theta'_t``;
+    4. outer TRPO / PPO step on the post-adaptation surrogate through the inner step(s).
+
+    Args:
+        policy: architecture. params: unbatched meta-parameters ``theta``.
+        sample_fn: ``sample_fn(task_params) -> ImaginedBatch`` with T-batched params (leading
+            axis ``config.num_tasks``); usually wraps :func:`mbmpo_ray.imagination.imagine`.
+        config: :class:`~mbmpo_ray.meta.config.MetaConfig` (validated here).
+        ensemble_size: K, only to report the task -> member mapping
+            (:func:`mbmpo_ray.imagination.task_members`, which also checks it).
+
+    Returns:
+        ``(new_params, diagnostics)``. Diagnostics: ``pre_return_per_task`` /
+        ``post_return_per_task`` (arrays of length T, mean undiscounted imagined return) and
+        their ``*_mean``, ``adaptation_gain``, ``surrogate_before/after``, ``kl_after``,
+        ``ls_steps``, ``ls_accepted`` (1.0/0.0), ``ls_step_fraction`` and ``trpo_step_size``
+        (TRPO only), ``outer_grad_norm``, ``inner_grad_norm`` (mean over tasks
+        of the first inner step) and ``inner_grad_norm_per_task``, ``baseline_ev_pre/post``,
+        ``policy_std_mean``, ``entropy``, ``task_members`` (if ``ensemble_size``) and
+        ``time_sample`` / ``time_optimize`` seconds.
+    """
+    config.validate()
+    diag: Diagnostics = {}
+    if ensemble_size is not None:
+        diag["task_members"] = task_members(config.num_tasks, ensemble_size).numpy()
+    params = detach(params)
+    t0 = time.perf_counter()
+    inner = adapt_tasks(policy, params, sample_fn, config, with_first_grads=True)
+    diag.update(_pre_update_diagnostics(inner))
+    ts = time.perf_counter()
+    raw_post = sample_tasks(sample_fn, inner.task_params, config.num_tasks)
+    t_sample = inner.sample_seconds + time.perf_counter() - ts
+    post = estimate_advantages(policy, inner.task_params, raw_post, config.gamma,
+                               config.gae_lambda, config.normalize_advantages,
+                               config.baseline_reg_coeff)
+    diag.update(_post_update_diagnostics(raw_post, post, float(diag["pre_return_mean"])))
+
+    outer_step = trpo_outer_step if config.outer_optimizer == "trpo" else ppo_outer_step
+    new_params, info = outer_step(policy, params, inner.batches, post, config)
+    diag.update(info)
+    diag["policy_std_mean"] = float(new_params["log_std"].exp().mean())
+    diag["entropy"] = float(policy.entropy(new_params))
+    diag["time_sample"] = t_sample
+    diag["time_optimize"] = time.perf_counter() - t0 - t_sample
+    return new_params, diag
+
+
+def adapt_policies(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    sample_fn: SampleFn,
+    config: MetaConfig,
+) -> Params:
+    """The adapted task policies ``theta'_t`` of ``theta`` (e.g. after the meta steps).
+
+    The inner loop of :func:`meta_step` without its diagnostics: ``num_inner_steps`` times
+    sample with the current task params, estimate advantages, take a first-order inner step.
+
+    Args:
+        policy: architecture. params: unbatched ``theta``.
+        sample_fn, config: as in :func:`meta_step` (``config`` is validated here).
+
+    Returns:
+        Detached T-batched params (leading axis ``config.num_tasks``); with
+        ``inner_lr = 0`` every task gets ``theta``.
+    """
+    config.validate()
+    return adapt_tasks(policy, detach(params), sample_fn, config).task_params
+
+
+def _pre_update_diagnostics(inner: AdaptedTasks) -> Diagnostics:
+    """Return, baseline fit and inner-gradient norms of the first inner step."""
+    tb, grads = inner.batches[0], inner.first_grads
+    num_tasks = tb.obs.shape[0]
+    pre_ret = imagined_return(inner.first_raw).detach().double().numpy()
+    sq = sum(v.detach().pow(2).reshape(num_tasks, -1).sum(-1) for v in grads.values())
+    norms = torch.sqrt(sq).double().numpy()
+    return {
+        "pre_return_per_task": pre_ret,
+        "pre_return_mean": float(pre_ret.mean()),
+        "baseline_ev_pre": explained_variance(tb.values, tb.returns, tb.mask),
+        "inner_grad_norm_per_task": norms,
+        "inner_grad_norm": float(norms.mean()),
+    }
+
+
+def _post_update_diagnostics(
+    raw_post: ImaginedBatch, post: TaskBatch, pre_return_mean: float
+) -> Diagnostics:
+    """Return of the adapted policies, adaptation gain and the post-update baseline fit."""
+    post_ret = imagined_return(raw_post).detach().double().numpy()
+    return {
+        "post_return_per_task": post_ret,
+        "post_return_mean": float(post_ret.mean()),
+        "adaptation_gain": float(post_ret.mean() - pre_return_mean),
+        "baseline_ev_post": explained_variance(post.values, post.returns, post.mask),
+    }
