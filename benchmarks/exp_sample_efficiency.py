@@ -1,0 +1,287 @@
+"""Sample efficiency, same harness: MB-MPO vs RLlib PPO vs RLlib SAC (issue 13, claim 1).
+
+Every run builds its env the same way (``mbmpo_ray.envs.make_env`` through an ``EnvCreator``:
+same horizon, same observation), counts only real env steps, and logs after every training
+iteration ``real_steps, return, wall_s`` to its own CSV::
+
+    benchmarks/results/sample_efficiency/<env>_<method>_seed<k>.csv
+
+A run whose CSV ends with a ``# done`` line is skipped, so an interrupted experiment continues
+where it stopped (a run cut off mid-way restarts from scratch). ``--report`` reads all CSVs and
+writes the table (real steps to each threshold, ratios PPO/MB-MPO and SAC/MB-MPO, returns at
+fixed step counts, wall-clock) and a PNG (mean and min-max over seeds) into BENCHMARKS.md.
+
+Returns: MB-MPO reports real episodes of its pre-update policy (sampled, as in training) after
+each iteration; PPO and SAC report RLlib's ``env_runners/episode_return_mean`` (their sampled
+training episodes), smoothed over the last 5 episodes for SAC as in RLlib's tuned example.
+
+    .venv/bin/python benchmarks/exp_sample_efficiency.py --env pendulum --methods mbmpo ppo \
+        --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/exp_sample_efficiency.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    load_average,
+    markdown_table,
+    update_section,
+    utc_date,
+)
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "sample_efficiency"
+
+# env config name -> (env id, horizon, budget of real steps per method, return thresholds)
+ENVS = {
+    "pendulum": ("Pendulum-v1", 200,
+                 {"mbmpo": 10_000, "ppo": 300_000, "sac": 20_000}, (-700, -400, -300, -200)),
+    "inverted_pendulum": ("InvertedPendulum-v5", 1000,
+                          {"mbmpo": 30_000, "ppo": 300_000, "sac": 30_000}, (200, 500, 950)),
+    "halfcheetah": ("HalfCheetah-v5", 200,
+                    {"mbmpo": 100_000, "ppo": 1_000_000, "sac": 100_000}, (0, 200, 400, 500)),
+}
+STEPS_REPORTED = (10_000, 20_000, 100_000)
+
+
+# ----------------------------------------------------------------------------------- runs
+def _creator(env_name: str) -> str:
+    """A Tune-registered name for the env exactly as MB-MPO builds it (``make_env``)."""
+    from ray.tune.registry import register_env
+
+    from mbmpo_ray.envs import EnvCreator, get_env_spec
+
+    env_id, horizon, _, _ = ENVS[env_name]
+    name = f"mbmpo_ray/{env_id}/H{horizon}"
+    register_env(name, EnvCreator(get_env_spec(env_id), horizon))
+    return name
+
+
+def build_mbmpo(env_name: str, seed: int):
+    import tune_configs
+
+    return tune_configs.load_config(env_name, "default", seed=seed).build_algo()
+
+
+def build_ppo(env_name: str, seed: int):
+    """RLlib's tuned Pendulum PPO settings (rllib/tuned_examples/ppo/pendulum_ppo.py)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    return (
+        PPOConfig()
+        .environment(_creator(env_name))
+        .env_runners(num_env_runners=1, num_envs_per_env_runner=10)
+        .training(lr=0.0003, lambda_=0.1, vf_clip_param=10.0, num_epochs=6)
+        .rl_module(model_config={"fcnet_activation": "relu"})
+        .debugging(seed=seed)
+        .build_algo()
+    )
+
+
+def build_sac(env_name: str, seed: int):
+    """RLlib's tuned Pendulum SAC settings (rllib/tuned_examples/sac/pendulum_sac.py)."""
+    from ray.rllib.algorithms.sac import SACConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return (
+        SACConfig()
+        .environment(_creator(env_name))
+        .training(
+            initial_alpha=1.001, actor_lr=2e-4, critic_lr=8e-4, alpha_lr=9e-4, lr=None,
+            target_entropy="auto", n_step=(2, 5), tau=0.005, train_batch_size_per_learner=256,
+            target_network_update_freq=1,
+            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
+                                  "capacity": 100000, "alpha": 1.0, "beta": 0.0},
+            num_steps_sampled_before_learning_starts=256,
+        )
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[256, 256],
+                                                   fcnet_activation="relu"))
+        .reporting(metrics_num_episodes_for_smoothing=5)
+        .debugging(seed=seed)
+        .build_algo()
+    )
+
+
+BUILDERS = {"mbmpo": build_mbmpo, "ppo": build_ppo, "sac": build_sac}
+
+
+def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
+    if method == "mbmpo":
+        return int(result["num_real_steps_lifetime"]), float(result["episode_return_mean"])
+    runners = result.get("env_runners", {})
+    steps = result.get("num_env_steps_sampled_lifetime",
+                       runners.get("num_env_steps_sampled_lifetime", 0))
+    return int(steps), float(runners.get("episode_return_mean", np.nan))
+
+
+def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
+            results: Path = RESULTS) -> Path:
+    """Train one run to its budget, appending a CSV row per iteration; skip a finished run."""
+    path = results / f"{env_name}_{method}_seed{seed}.csv"
+    if path.exists() and path.read_text().rstrip().endswith("# done"):
+        print(f"skip {path.name} (done)", flush=True)
+        return path
+    budget = budget or ENVS[env_name][2][method]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    algo = BUILDERS[method](env_name, seed)
+    t0 = time.perf_counter()
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["real_steps", "episode_return_mean", "wall_s"])
+            steps = 0
+            while steps < budget:
+                steps, ret = _steps_and_return(method, algo.train())
+                writer.writerow([steps, f"{ret:.2f}", f"{time.perf_counter() - t0:.1f}"])
+                f.flush()
+            f.write(f"# done load {load_average()}\n")
+    finally:
+        algo.stop()
+    print(f"{path.name}: {steps} real steps in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------- report
+def read_run(path: Path) -> np.ndarray:
+    """``n x 3`` array of (real_steps, return, wall_s) rows of a finished run's CSV."""
+    rows = [r for r in csv.reader(path.read_text().splitlines()[1:]) if r and r[0][0] != "#"]
+    run = np.asarray(rows, dtype=float).reshape(-1, 3)
+    return run[np.isfinite(run[:, 1])]  # iterations that finished no episode report nan
+
+
+def steps_to(run: np.ndarray, threshold: float) -> float:
+    """Real steps at the first iteration whose return reaches ``threshold`` (nan: never)."""
+    hit = np.flatnonzero(run[:, 1] >= threshold)
+    return float(run[hit[0], 0]) if len(hit) else np.nan
+
+
+def return_at(run: np.ndarray, steps: int) -> float:
+    """Return of the last iteration at or before ``steps`` real steps (nan past the run)."""
+    if run[-1, 0] < steps:
+        return np.nan
+    return float(run[np.flatnonzero(run[:, 0] <= steps)[-1], 1])
+
+
+def finished_runs(env_name: str) -> dict[str, list[np.ndarray]]:
+    runs: dict[str, list[np.ndarray]] = {}
+    for method in BUILDERS:
+        for path in sorted(RESULTS.glob(f"{env_name}_{method}_seed*.csv")):
+            if path.read_text().rstrip().endswith("# done"):
+                runs.setdefault(method, []).append(read_run(path))
+    return runs
+
+
+def _fmt_steps(xs: list[float]) -> str:
+    done = [x for x in xs if np.isfinite(x)]
+    if not done:
+        return f"never (0/{len(xs)})"
+    return f"{np.mean(done):,.0f} ({len(done)}/{len(xs)})"
+
+
+def report_env(env_name: str) -> str | None:
+    runs = finished_runs(env_name)
+    if not runs:
+        return None
+    env_id, _, _, thresholds = ENVS[env_name]
+    rows = []
+    for method, rs in runs.items():
+        cells = [method, len(rs)]
+        cells += [_fmt_steps([steps_to(r, th) for r in rs]) for th in thresholds]
+        for s in STEPS_REPORTED:
+            vals = [return_at(r, s) for r in rs]
+            ok = [v for v in vals if np.isfinite(v)]
+            cells.append(f"{np.mean(ok):.0f} ± {np.std(ok):.0f}" if ok else "-")
+        cells.append(f"{np.mean([r[-1, 2] for r in rs]) / 60:.1f}")
+        rows.append(cells)
+    headers = (["method", "seeds"] + [f"steps to {th}" for th in thresholds]
+               + [f"return @{s // 1000}k" for s in STEPS_REPORTED] + ["min/run"])
+    ratio_lines = []
+    for other in ("ppo", "sac"):
+        if other in runs and "mbmpo" in runs:
+            for th in thresholds:
+                a = [steps_to(r, th) for r in runs[other]]
+                b = [steps_to(r, th) for r in runs["mbmpo"]]
+                if all(np.isfinite(a)) and all(np.isfinite(b)):
+                    ratio_lines.append(f"- {other.upper()}/MB-MPO real steps to {th}: "
+                                       f"{np.mean(a) / np.mean(b):.1f}x")
+    png = plot_env(env_name, runs)
+    body = [f"Env {env_id}; steps to a threshold: mean over the seeds that reached it "
+            "(reached/total); returns mean ± std over seeds.", "",
+            markdown_table(headers, rows), "", *ratio_lines, "",
+            f"![{env_id}](results/sample_efficiency/{png.name})"]
+    return "\n".join(body)
+
+
+def plot_env(env_name: str, runs: dict[str, list[np.ndarray]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, rs in runs.items():
+        grid = np.linspace(max(r[0, 0] for r in rs), min(r[-1, 0] for r in rs), 100)
+        ys = np.stack([np.interp(grid, r[:, 0], r[:, 1]) for r in rs])
+        ax.plot(grid, ys.mean(0), label=f"{method} ({len(rs)} seeds)")
+        ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("real env steps (log)")
+    ax.set_ylabel("return")
+    ax.set_title(f"{ENVS[env_name][0]}: mean and min-max over seeds")
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / f"{env_name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report() -> None:
+    parts = [f"- Command: `.venv/bin/python benchmarks/exp_sample_efficiency.py` (runs), "
+             f"`--report` (this section); date (UTC) {utc_date()}; 2-core CPU shared with "
+             "other work (wall-clock figures are indicative only)."]
+    for env_name in ENVS:
+        text = report_env(env_name)
+        if text:
+            parts += ["", f"### {ENVS[env_name][0]}", "", text]
+    update_section("sample-efficiency", "Sample efficiency: MB-MPO vs PPO vs SAC "
+                   "(`benchmarks/exp_sample_efficiency.py`)", "\n".join(parts))
+    print("BENCHMARKS.md updated")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", choices=sorted(ENVS), default="pendulum")
+    p.add_argument("--methods", nargs="+", choices=sorted(BUILDERS), default=["mbmpo", "ppo"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--report", action="store_true", help="only write the report")
+    p.add_argument("--budget", type=int, help="override the real-step budget (smoke runs)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = p.parse_args()
+    if args.report:
+        report()
+        return 0
+    import ray
+
+    import mbmpo_ray  # noqa: F401
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for seed in args.seeds:  # seeds outermost: every method gets its first seeds early
+        for method in args.methods:
+            run_one(args.env, method, seed, args.budget, args.out)
+    if args.out == RESULTS:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
