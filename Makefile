@@ -5,12 +5,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-slow lint bench clean
 
+# torch: `pip install torch==2.13.0` takes a CPU wheel where pip is offered one locally (e.g.
+# PIP_FIND_LINKS, as on this project's machines); otherwise PyPI's Linux x86_64 wheel, which is
+# the CUDA build and pulls several GB of nvidia-* packages. MB-MPO needs no GPU: on a CPU-only
+# machine without a local wheel, take PyTorch's CPU index with
+#     make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU build of torch (a plain `torch` requirement would pull a multi-GB CUDA build)
-	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test,dev]'
+	@$(PY) -c "import torch; print('installed torch', torch.__version__, '(CUDA ' + \
+	  torch.version.cuda + ' build)' if torch.version.cuda else '(CPU-only build)')"
 	touch $(STAMP)
 
 install: $(STAMP)

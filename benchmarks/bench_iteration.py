@@ -85,7 +85,7 @@ def main() -> int:
             t0 = time.perf_counter()
             r = algo.train()
             total = time.perf_counter() - t0
-            timers, meta = r["timers"], r.get("meta", {})
+            timers, meta = r["timers"], r.get("learners", {}).get("default_policy", {})
             row = {
                 "iteration": r["training_iteration"],
                 "real_steps": int(r["num_real_steps_lifetime"]),

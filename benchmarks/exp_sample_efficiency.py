@@ -123,11 +123,16 @@ def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
     return int(steps), float(runners.get("episode_return_mean", np.nan))
 
 
+def is_done(path: Path) -> bool:
+    """Whether a run's CSV is complete (its last line is the ``# done`` marker)."""
+    return path.exists() and path.read_text().rstrip().splitlines()[-1].startswith("# done")
+
+
 def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
             results: Path = RESULTS) -> Path:
     """Train one run to its budget, appending a CSV row per iteration; skip a finished run."""
     path = results / f"{env_name}_{method}_seed{seed}.csv"
-    if path.exists() and path.read_text().rstrip().endswith("# done"):
+    if is_done(path):
         print(f"skip {path.name} (done)", flush=True)
         return path
     budget = budget or ENVS[env_name][2][method]
@@ -175,7 +180,7 @@ def finished_runs(env_name: str) -> dict[str, list[np.ndarray]]:
     runs: dict[str, list[np.ndarray]] = {}
     for method in BUILDERS:
         for path in sorted(RESULTS.glob(f"{env_name}_{method}_seed*.csv")):
-            if path.read_text().rstrip().endswith("# done"):
+            if is_done(path):
                 runs.setdefault(method, []).append(read_run(path))
     return runs
 

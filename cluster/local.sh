@@ -6,10 +6,20 @@
 #   cluster/local.sh status
 #   cluster/local.sh stop
 #
-# Secure by default: everything binds to 127.0.0.1, token authentication is on
-# (RAY_AUTH_MODE=token; the token is generated once into ~/.ray/auth_token), and the dashboard /
-# job server listens on 127.0.0.1 only. Ports and the temp dir are configurable so a test can
-# run its own cluster next to another Ray:
+# Secure by default: every listener of every node (GCS, raylets, object managers, agents,
+# metrics, Ray client server, dashboard / job server, workers) binds to 127.0.0.1 only, and
+# token authentication is on (RAY_AUTH_MODE=token; the token is generated once into
+# ~/.ray/auth_token, readable by its owner only: 0600). tests/cluster checks both with `ss`.
+#
+# How: Ray binds its servers to loopback only when a node's IP is exactly 127.0.0.1, but
+# `ray start` replaces 127.0.0.1 by the machine's address ("remotely reachable") and refuses
+# extra nodes unless multi-node clusters are enabled. So nodes are started through a small
+# launcher that keeps 127.0.0.1, and every Ray process of the cluster (hence every driver it
+# starts, e.g. a `ray job submit` entrypoint) runs with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+# which makes Ray resolve "127.0.0.1" to itself. Clients outside the cluster reach it through
+# the dashboard (http://127.0.0.1:DASH_PORT) or `cluster/local.sh status`.
+#
+# Ports and the temp dir are configurable so a test can run its own cluster next to another Ray:
 #   MBMPO_RAY_PORT (6390), MBMPO_DASHBOARD_PORT (8275), MBMPO_RAY_TMP (/tmp/mbmpo_ray_cluster),
 #   MBMPO_CPUS_PER_NODE (1), RAY (path to the ray executable; default: ray on PATH or .venv).
 set -euo pipefail
@@ -21,6 +31,23 @@ DASH_PORT=${MBMPO_DASHBOARD_PORT:-8275}
 TMP=${MBMPO_RAY_TMP:-/tmp/mbmpo_ray_cluster}
 CPUS=${MBMPO_CPUS_PER_NODE:-1}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+# every process of the cluster resolves 127.0.0.1 to itself (see above)
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+PYTHON=${PYTHON:-$(dirname "$RAY")/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+TOKEN_FILE="$HOME/.ray/auth_token"
+
+# `ray start` that keeps --node-ip-address 127.0.0.1 (and lets worker nodes join it)
+ray_start() {
+  "$PYTHON" -c '
+import sys
+from ray._private import ray_constants, services
+services.resolve_ip_for_localhost = lambda host: host  # keep 127.0.0.1
+ray_constants.ENABLE_RAY_CLUSTER = True  # worker nodes may join (this process only)
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())' start "$@"
+}
 
 # Every port a node opens, offset from PORT so two clusters (or a test cluster next to a local
 # `ray.init`) never collide: node i (0 = head) uses PORT + 100 * (i + 1) + {0..9} and worker
@@ -36,13 +63,17 @@ node_ports() {
 start() {
   local workers=${1:-1}
   mkdir -p "$TMP"
-  [ "$RAY_AUTH_MODE" = "token" ] && "$RAY" get-auth-token --generate >/dev/null
-  "$RAY" start --head --node-ip-address 127.0.0.1 --port "$PORT" --num-cpus "$CPUS" \
+  if [ "$RAY_AUTH_MODE" = "token" ]; then
+    mkdir -p "$(dirname "$TOKEN_FILE")"
+    (umask 077 && "$RAY" get-auth-token --generate >/dev/null)
+    chmod 600 "$TOKEN_FILE"  # also one generated earlier with a looser mode
+  fi
+  ray_start --head --node-ip-address 127.0.0.1 --port "$PORT" --num-cpus "$CPUS" \
     --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASH_PORT" \
     --ray-client-server-port $((PORT + 1)) $(node_ports 0) \
     --temp-dir "$TMP" --disable-usage-stats >/dev/null
   for i in $(seq 1 "$workers"); do
-    "$RAY" start --address "127.0.0.1:$PORT" --node-ip-address 127.0.0.1 --num-cpus "$CPUS" \
+    ray_start --address "127.0.0.1:$PORT" --node-ip-address 127.0.0.1 --num-cpus "$CPUS" \
       $(node_ports "$i") --disable-usage-stats >/dev/null
   done
   echo "Ray cluster: head 127.0.0.1:$PORT + $workers worker node(s), $CPUS CPU(s) each"
@@ -55,11 +86,12 @@ descendants() {
   for child in $(pgrep -P "$1" || true); do echo "$child"; descendants "$child"; done
 }
 
-# Stops only THIS cluster (every process started with our temp dir, and their children), not
-# other Ray instances on the machine (`ray stop` would kill them all).
+# Stops only THIS cluster (every process started with our temp dir or our GCS address, e.g.
+# the Ray client server, and their children), not other Ray instances on the machine
+# (`ray stop` would kill them all).
 stop() {
   local roots pids
-  roots=$(pgrep -f -- "$TMP" || true)
+  roots=$( (pgrep -f -- "$TMP"; pgrep -f -- "127\.0\.0\.1:$PORT( |$)") | sort -u || true)
   if [ -z "$roots" ]; then echo "no cluster running under $TMP"; return 0; fi
   pids=$(for p in $roots; do echo "$p"; descendants "$p"; done | sort -u)
   kill $pids 2>/dev/null || true
@@ -75,6 +107,12 @@ stop() {
 case "${1:-}" in
   start) shift; start "$@" ;;
   status) "$RAY" status --address "127.0.0.1:$PORT" ;;
+  listeners)  # every listening socket of this cluster's processes (for checks)
+    pids=$( (pgrep -f -- "$TMP"; pgrep -f -- "127\.0\.0\.1:$PORT( |$)") | sort -u || true)
+    all=$(for p in $pids; do echo "$p"; descendants "$p"; done | sort -u)
+    for p in $all; do ss -ltnpH 2>/dev/null | { grep "pid=$p," || true; } | awk '{print $4}'; done \
+      | sort -u
+    ;;
   stop) stop ;;
-  *) echo "usage: $0 start [NUM_WORKERS] | status | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [NUM_WORKERS] | status | listeners | stop" >&2; exit 2 ;;
 esac

@@ -30,6 +30,7 @@ class TransitionBuffer:
         self._size = 0  # number of valid rows
         self._next = 0  # next write position
         self.total_added = 0  # lifetime count (not capped)
+        self.num_dropped = 0  # lifetime count of invalid rows dropped by add()
 
     def _alloc(self, n: int) -> dict[str, np.ndarray]:
         return {
@@ -43,10 +44,24 @@ class TransitionBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, obs, act, next_obs, reward, done) -> None:
+    def add(self, obs, act, next_obs, reward, done, *, drop_invalid: bool = False,
+            max_abs: float | None = None) -> int:
         """Append a batch of transitions (``B x D``, ``B x A``, ``B x D``, ``B``, ``B``).
 
-        Raises ValueError on wrong shapes or non-finite values, before anything is stored.
+        A row is invalid if any of its values is non-finite (NaN/inf) or, with ``max_abs``,
+        larger than ``max_abs`` in magnitude (an exploding env).
+
+        Args:
+            drop_invalid: store the valid rows and drop the invalid ones (counted in
+                ``num_dropped``); False: raise ValueError if any row is invalid.
+            max_abs: largest magnitude a value may have (None: any finite value).
+
+        Returns:
+            The number of rows dropped (0 unless ``drop_invalid``).
+
+        Raises:
+            ValueError: on wrong shapes, or invalid rows without ``drop_invalid``, before
+                anything is stored.
         """
         batch = {
             "obs": np.atleast_2d(np.asarray(obs, np.float32)),
@@ -65,15 +80,31 @@ class TransitionBuffer:
                 )
         if len(batch["done"]) != n:
             raise ValueError(f"TransitionBuffer.add: {len(batch['done'])} dones for {n} rewards")
+        invalid = np.zeros(n, bool)
         for name in ("obs", "act", "next_obs", "reward"):
-            bad = ~np.isfinite(batch[name]).reshape(n, -1).all(-1)
-            if bad.any():
+            values = batch[name].reshape(n, -1)
+            bad = ~np.isfinite(values).all(-1)
+            what = "non-finite"
+            if max_abs is not None:
+                with np.errstate(invalid="ignore"):
+                    big = (np.abs(values) > max_abs).any(-1) & ~bad
+                if big.any() and not bad.any():
+                    what = f"|value| > {max_abs:g}"
+                bad |= big
+            if bad.any() and not drop_invalid:
                 raise ValueError(
-                    f"TransitionBuffer.add: {int(bad.sum())} of {n} rows have non-finite '{name}' "
-                    "(NaN/inf); check the environment or the action clipping. Nothing was stored."
+                    f"TransitionBuffer.add: {int(bad.sum())} of {n} rows have {what} '{name}' "
+                    "(NaN/inf or exploding); check the environment or the action clipping. "
+                    "Nothing was stored."
                 )
+            invalid |= bad
+        dropped = int(invalid.sum())
+        if dropped:
+            batch = {k: v[~invalid] for k, v in batch.items()}
+            n -= dropped
+            self.num_dropped += dropped
         if n == 0:
-            return
+            return dropped
         if n > self.capacity:  # only the newest `capacity` rows can survive
             batch = {k: v[-self.capacity:] for k, v in batch.items()}
             self.total_added += n - self.capacity
@@ -85,6 +116,7 @@ class TransitionBuffer:
         self._next = (self._next + n) % len(self._data["reward"])
         self._size = min(self._size + n, self.capacity)
         self.total_added += n
+        return dropped
 
     def _grow(self, needed: int) -> None:
         cur = len(self._data["reward"])
@@ -128,6 +160,7 @@ class TransitionBuffer:
             "act_dim": self.act_dim,
             "capacity": self.capacity,
             "total_added": self.total_added,
+            "num_dropped": self.num_dropped,
             **self.all(),
         }
 
@@ -146,6 +179,7 @@ class TransitionBuffer:
             self._data[k][:n] = state[k]
         self._size, self._next = n, n % len(self._data["reward"])
         self.total_added = int(state["total_added"])
+        self.num_dropped = int(state.get("num_dropped", 0))
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TransitionBuffer:
@@ -153,3 +187,35 @@ class TransitionBuffer:
         buf = cls(state["obs_dim"], state["act_dim"], state["capacity"])
         buf.set_state(state)
         return buf
+
+
+class ModelBuffer(TransitionBuffer):
+    """MBPO's buffer of model transitions: a FIFO :class:`TransitionBuffer` whose capacity
+    follows the rollout length, so it holds the rollouts of the last ``retain_epochs`` epochs
+    (:meth:`capacity_for`); :meth:`set_capacity` drops the oldest rows when it shrinks.
+
+    Rows with non-finite values are rejected by ``add`` like real ones (the rollout function
+    already drops them).
+    """
+
+    @staticmethod
+    def capacity_for(rollout_length: int, rollouts_per_refit: int, refits_per_epoch: float,
+                     retain_epochs: int) -> int:
+        """Rows of ``retain_epochs`` epochs of rollouts at length k: ``retain_epochs *
+        refits_per_epoch * rollouts_per_refit * k`` (at least 1)."""
+        return max(1, int(retain_epochs * refits_per_epoch * rollouts_per_refit
+                          * rollout_length))
+
+    def set_capacity(self, capacity: int) -> None:
+        """Change the capacity, keeping the newest ``min(len, capacity)`` rows in order."""
+        capacity = int(capacity)
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        if capacity == self.capacity:
+            return
+        state = self.get_state()
+        keep = min(len(self), capacity)
+        for k in _FIELDS:
+            state[k] = state[k][len(self) - keep:]
+        state["capacity"] = capacity
+        self.set_state(state)

@@ -11,20 +11,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
-import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-CSV_COLUMNS = [
-    "iteration", "real_steps", "imagined_steps", "episode_return_mean",
-    "post_adaptation_return_mean", "random_return_mean", "model_val_loss", "model_epochs",
-    "imagined_pre_return", "imagined_post_return", "kl", "time_sample", "time_fit",
-    "time_meta", "time_eval", "time_iter",
-]
 
 
 class CLIError(Exception):
@@ -35,26 +25,69 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise CLIError(f"--set expects key=value, got {item!r}")
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             value = raw
         out[key.strip()] = value
     return out
 
 
+# RLlib settings a user may try with --set, and the option that sets them
+_OPTION_FOR = {"num_env_runners": "--num-env-runners", "seed": "--seed"}
+
+
+def _unknown_keys_message(unknown: list[str], valid) -> str:
+    import difflib
+
+    hints = []
+    for key in unknown:
+        if key in _OPTION_FOR:
+            hints.append(f"{key}: use {_OPTION_FOR[key]}")
+        elif close := difflib.get_close_matches(key, list(valid), n=1):
+            hints.append(f"{key}: did you mean {close[0]}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return (f"unknown --set key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}; "
+            "`mbmpo-ray train --list-settings` lists them all")
+
+
+def _problems(e: Exception) -> str:
+    """A config's ValueError as one line per problem (without the 'N invalid settings:'
+    header; a problem's continuation lines joined onto it)."""
+    problems: list[str] = []
+    for ln in str(e).splitlines():
+        if ln.strip().startswith("- "):
+            problems.append(ln.strip()[2:])
+        elif problems and ln.strip():
+            problems[-1] += " " + ln.strip()
+    return "\n".join(problems) if problems else " ".join(str(e).split())
+
+
+def _check_counts(args: argparse.Namespace, minimum: dict[str, int]) -> None:
+    """Integer options that must be at least some value (None: not given, fine)."""
+    for name, low in minimum.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            option = "--" + name.replace("_", "-")
+            raise CLIError(f"{option} must be an integer >= {low}, got {value}")
+
+
 def build_config(args: argparse.Namespace):
-    """MBMPOConfig from --config/--env, --variant, --set, --seed and --num-env-runners."""
+    """MBMPOConfig from --config/--env, --variant, --set, --seed and --num-env-runners,
+    validated (every problem reported, one line each) before anything starts."""
     import tune_configs
     from mbmpo_ray.algorithm.mbmpo.config import setting_docs
 
+    _check_counts(args, {"stop_timesteps": 1, "iterations": 1})
     overrides = _parse_set(args.set)
     valid = setting_docs()
     unknown = sorted(k for k in overrides if k not in valid)
     if unknown:
-        raise CLIError(f"unknown --set key(s) {unknown}; valid keys: {sorted(valid)}")
+        raise CLIError(_unknown_keys_message(unknown, valid))
     name = args.config or args.env
     if name is None:
         raise CLIError("give --config NAME|PATH or --env ENV_ID")
@@ -62,72 +95,36 @@ def build_config(args: argparse.Namespace):
         config = tune_configs.load_config(name, args.variant, **overrides)
         if args.config and args.env:
             config.environment(args.env)
-        stop = args.stop_timesteps or tune_configs.stop_timesteps(name, args.variant)
-    except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+        stop = (args.stop_timesteps if args.stop_timesteps is not None
+                else tune_configs.stop_timesteps(name, args.variant))
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise CLIError(_problems(e)) from None
+    except Exception as e:  # a config file that does not run (syntax error, missing ENV...)
+        raise CLIError(f"cannot load config {name!r}: {type(e).__name__}: {e}") from None
     if args.seed is not None:
         config.debugging(seed=args.seed)
     if args.num_env_runners is not None:
         config.env_runners(num_env_runners=args.num_env_runners)
     try:
         config.validate()
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise CLIError(_problems(e)) from None
     return config, stop
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, verbose: bool = False) -> None:
+    """Local Ray (no dashboard) or a connection to ``address``; quiet unless ``verbose``."""
     import ray
+
+    from mbmpo_ray.progress import quiet_ray
 
     if ray.is_initialized():
         return
+    kwargs = quiet_ray(verbose)
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
-
-
-def _row(result: dict[str, Any], t_iter: float) -> dict[str, Any]:
-    timers = result.get("timers", {})
-    meta = result.get("meta", {})
-    model = result.get("model", {})
-    return {
-        "iteration": result.get("training_iteration"),
-        "real_steps": result.get("num_real_steps_lifetime"),
-        "imagined_steps": result.get("num_imagined_steps_lifetime"),
-        "episode_return_mean": result.get("episode_return_mean"),
-        "post_adaptation_return_mean": result.get("post_adaptation_return_mean"),
-        "random_return_mean": result.get("random_return_mean"),
-        "model_val_loss": model.get("val_loss_mean"),
-        "model_epochs": model.get("epochs_mean"),
-        "imagined_pre_return": meta.get("pre_return_mean"),
-        "imagined_post_return": meta.get("post_return_mean"),
-        "kl": meta.get("kl_after"),
-        "time_sample": timers.get("sample_real"),
-        "time_fit": timers.get("fit_models"),
-        "time_meta": timers.get("meta_update"),
-        "time_eval": timers.get("evaluate_real"),
-        "time_iter": t_iter,
-    }
-
-
-def _fmt(v: Any, spec: str = ".1f") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def _progress_line(row: dict[str, Any], stop: int | None, eta_s: float | None) -> str:
-    steps = int(row["real_steps"] or 0)
-    target = f"/{stop:,}" if stop else ""
-    eta = f" | ETA {eta_s / 60:.1f} min" if eta_s is not None else ""
-    return (
-        f"iter {row['iteration']:>3} | real steps {steps:>7,}{target} | "
-        f"return {_fmt(row['episode_return_mean']):>8} "
-        f"(adapted {_fmt(row['post_adaptation_return_mean'])}) | "
-        f"model val {_fmt(row['model_val_loss'], '.4f')} | "
-        f"imagined {_fmt(row['imagined_pre_return'])}->{_fmt(row['imagined_post_return'])} | "
-        f"sample {_fmt(row['time_sample'], '.1f')}s fit {_fmt(row['time_fit'], '.1f')}s "
-        f"meta {_fmt(row['time_meta'], '.1f')}s | {row['time_iter']:.1f}s/iter{eta}"
-    )
+        ray.init(include_dashboard=False, **{"log_to_driver": False, **kwargs})
 
 
 def list_settings() -> str:
@@ -140,67 +137,148 @@ def list_settings() -> str:
                      for name, doc in sorted(setting_docs().items()))
 
 
+# how a run was started (run.json), restated by --resume unless given again
+_RUN_ARGS = ("config", "env", "variant", "set", "seed", "num_env_runners", "stop_timesteps",
+             "iterations")
+
+
+def _prepare_run(args: argparse.Namespace):
+    """Validated config, stop, run directory and the checkpoint to resume from (None: a new
+    run), all before Ray starts. A new run refuses a directory that holds a run unless
+    --overwrite; --resume restates the run's options from its run.json."""
+    from mbmpo_ray.algorithm import checkpoints as ck
+
+    _check_counts(args, {"checkpoint_every": 0, "keep_checkpoints": 1})
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
+        raise CLIError("--resume continues the run in --output, --overwrite starts it over: "
+                       "give one of them")
+    ckpt = None
+    try:
+        if resume:
+            if not args.output:
+                raise CLIError("--resume needs --output DIR, the run directory to continue")
+            ckpt = ck.resume_checkpoint(args.output)
+            info = ck.read_run_info(args.output)
+            restate = args.config is None and args.env is None
+            for key in _RUN_ARGS:
+                if key in info and (getattr(args, key) is None or
+                                    (restate and key in ("variant", "set"))):
+                    setattr(args, key, info[key])
+    except ck.RunDirError as e:
+        raise CLIError(str(e)) from None
+    config, stop = build_config(args)
+    if args.iterations is None and stop is None:
+        raise CLIError("give --stop-timesteps N or --iterations N")
+    out = Path(args.output or f"runs/{config.model_env_id}")
+    try:
+        if ckpt is None:
+            ck.prepare_new_run(out, overwrite=overwrite)
+            ck.write_run_info(out, {key: getattr(args, key) for key in _RUN_ARGS})
+        else:
+            ck.trim_progress(out, (ck.read_manifest(ckpt) or {}).get("iteration", 0))
+    except ck.RunDirError as e:
+        raise CLIError(str(e)) from None
+    return config, stop, out, ckpt
+
+
+def _finished(ckpt, stop: int | None, iterations: int | None) -> str | None:
+    """Why a run resumed from ``ckpt`` has nothing left to do (None: it has)."""
+    from mbmpo_ray.algorithm.checkpoints import read_manifest
+
+    info = read_manifest(ckpt) or {}
+    it, steps = info.get("iteration", 0), info.get("num_real_steps_lifetime", 0)
+    if iterations is not None and it >= iterations:
+        return f"iteration {it} of {iterations}"
+    if stop is not None and steps >= stop:
+        return f"{steps:,} of {stop:,} real steps"
+    return None
+
+
+def _build_or_restore(config, ckpt):
+    """``config.build_algo()``, restored from ``ckpt`` when resuming."""
+    algo = config.build_algo()
+    if ckpt is not None:
+        try:
+            algo.restore_from_path(str(ckpt))
+        except BaseException:
+            algo.stop()
+            raise
+    return algo
+
+
+def _save(algo, out: Path, args: argparse.Namespace) -> None:
+    """An atomic checkpoint into out/checkpoints/ (keeping the last --keep-checkpoints)."""
+    from mbmpo_ray.algorithm.checkpoints import save_algorithm
+
+    save_algorithm(algo, out, keep=getattr(args, "keep_checkpoints", 2))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train until ``--stop-timesteps`` real steps (or ``--iterations``)."""
     if args.list_settings:
         print(list_settings())
         return 0
-    config, stop = build_config(args)
-    if args.iterations is None and stop is None:
-        raise CLIError("give --stop-timesteps N or --iterations N")
-    out = Path(args.output or f"runs/{config.model_env_id}")
-    out.mkdir(parents=True, exist_ok=True)
-    _init_ray(args.address)
-    from mbmpo_ray.plotting import plot_runs
+    config, stop, out, resume_from = _prepare_run(args)
+    if resume_from is not None and (why := _finished(resume_from, stop, args.iterations)):
+        print(f"{out} is finished ({why}); raise --iterations or --stop-timesteps to go on")
+        return 0
+    from mbmpo_ray.progress import TrainingReporter, run_banner
 
-    print(f"MB-MPO on {config.model_env_id}: K={config.ensemble_size}, "
-          f"{config.num_tasks} tasks x {config.rollouts_per_task} rollouts x H={config.horizon}, "
-          f"{config.meta_steps_per_iter} meta steps/iter, inner_lr={config.inner_lr}; "
-          f"stop at {f'{stop:,} real steps' if stop else f'{args.iterations} iterations'}; "
-          f"output in {out}/", flush=True)
-    algo = config.build_algo()
-    ckpt = out / "checkpoint"
-    csv_path = out / "progress.csv"
-    times: list[float] = []
-    result: dict[str, Any] = {}
+    title = f"MB-MPO on {config.model_env_id}"
+    reporter = TrainingReporter(
+        out, stop_steps=stop, stop_iterations=args.iterations,
+        steps_per_iter=config.real_steps_per_iter, plain=args.plain, title=title,
+        append=bool(getattr(args, "resume", False)))
+    reporter.start(run_banner(config, stop, args.iterations, out))
     try:
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            while True:
-                t0 = time.perf_counter()
-                result = algo.train()
-                times.append(time.perf_counter() - t0)
-                row = _row(result, times[-1])
-                writer.writerow(row)
-                f.flush()
-                it, steps = result["training_iteration"], result["num_real_steps_lifetime"]
-                done = (args.iterations is not None and it >= args.iterations) or (
-                    stop is not None and steps >= stop
-                )
-                eta = None
-                if not done and stop:
-                    per_iter = config.real_steps_per_iter
-                    eta = math.ceil(max(0, stop - steps) / per_iter) * float(
-                        sum(times[-3:]) / len(times[-3:]))
-                print(_progress_line(row, stop, eta), flush=True)
-                if args.checkpoint_every and it % args.checkpoint_every == 0:
-                    algo.save_to_path(str(ckpt.resolve()))
-                if done:
-                    break
+        reporter.status("starting Ray")
+        _init_ray(args.address, args.verbose)
+        reporter.status("building the algorithm")
+        algo = _build_or_restore(config, resume_from)
+        if resume_from is not None:
+            reporter.message(f"resuming from {resume_from} (iteration {algo.iteration})")
+        reporter.status(f"iteration {algo.iteration + 1}")
+    except BaseException:
+        reporter.close()
+        raise
+    ckpt = out / "checkpoint"
+    status = "stopped by an error"
+    mid_iteration = False  # an interrupted train() leaves no state worth a checkpoint
+    try:
+        while True:
+            mid_iteration = True
+            result = algo.train()
+            mid_iteration = False
+            reporter.record(result)
+            it, steps = result["training_iteration"], result["num_real_steps_lifetime"]
+            done = (args.iterations is not None and it >= args.iterations) or (
+                stop is not None and steps >= stop
+            )
+            if args.checkpoint_every and it % args.checkpoint_every == 0:
+                _save(algo, out, args)
+            if done:
+                status = "finished"
+                break
     except KeyboardInterrupt:
-        print("interrupted: saving a checkpoint and the plot", flush=True)
+        status = "interrupted"
+        reporter.message("interrupted: saving a checkpoint and the plot")
     finally:
-        algo.save_to_path(str(ckpt.resolve()))
-        if csv_path.exists() and len(csv_path.read_text().splitlines()) > 1:
-            png = plot_runs([out], out / "learning_curve.png",
-                            title=f"MB-MPO on {config.model_env_id}")
-            print(f"learning curve: {png}")
-        print(f"checkpoint: {ckpt}\nresults: {csv_path}")
-        algo.stop()
-    if result.get("episode_return_mean") is not None:
-        print(f"final pre-update return {result['episode_return_mean']:.1f} after "
-              f"{int(result['num_real_steps_lifetime']):,} real steps")
+        try:
+            try:
+                if mid_iteration:
+                    from mbmpo_ray.algorithm.checkpoints import latest_checkpoint
+
+                    last = latest_checkpoint(out)
+                    reporter.message(f"the last complete checkpoint is {last}" if last else
+                                     "stopped before the first checkpoint")
+                else:
+                    _save(algo, out, args)
+            finally:
+                algo.stop()
+        finally:
+            reporter.finish(status, files={
+                "checkpoint": f"{ckpt}/   (mbmpo-ray evaluate {ckpt})"})
     return 0
 
 
@@ -262,28 +340,58 @@ def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load a checkpoint and report real-env returns of the pre-update and adapted policies."""
+    from mbmpo_ray.algorithm.checkpoints import CheckpointError, resolve_checkpoint
+
+    _check_counts(args, {"episodes": 1})
+    if args.video and Path(args.video).suffix not in (".gif", ".mp4"):
+        raise CLIError(f"--video writes a .gif or .mp4 file, got {args.video!r}")
+    if args.video and args.render != "rgb_array":
+        raise CLIError(f"--render supports 'rgb_array' only, got {args.render!r}")
     path = Path(args.checkpoint)
-    if not path.exists():
-        raise CLIError(f"checkpoint {path} does not exist")
-    _init_ray(args.address)
+    try:  # a checkpoint, or a run directory (its newest complete checkpoint)
+        ckpt = resolve_checkpoint(path)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    _init_ray(args.address, args.verbose)
     from ray.rllib.algorithms.algorithm import Algorithm
 
     import mbmpo_ray  # noqa: F401  (registers MBMPO)
 
-    algo = Algorithm.from_checkpoint(str(path.resolve()))
     try:
-        res = algo.evaluate(num_episodes=args.episodes)
+        algo = Algorithm.from_checkpoint(str(ckpt))
+    except Exception as e:  # torn or foreign files that passed the checks above
+        raise CLIError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+    try:
+        res = algo.evaluate(num_episodes=args.episodes,
+                            explore=False if args.mean_action else None)
+        iters, steps = algo.iteration, algo.mbmpo_counters.get("real_steps", 0)
+        env_id, K = algo.config.model_env_id, algo.config.ensemble_size
         if args.video:
             n = record_video(algo, Path(args.video), args.render)
-            print(f"video: {args.video} ({n} frames)")
+            print(f"video: {args.video} ({n} frames, mean action of the pre-update policy)")
     finally:
         algo.stop()
-    print(f"pre-update policy: mean return {res['episode_return_mean']:.1f} over "
-          f"{len(res['episode_returns'])} episodes")
+    mode = ("sampled from the Gaussian policy, as in training" if res["explore"]
+            else "the policy's mean action (--mean-action)")
+    print(f"{path}: {env_id} after {iters} iterations, {int(steps):,} real steps")
+    print(f"actions: {mode}; real-env returns:")
+    print(f"pre-update policy: mean return {_spread(res['episode_returns'])}")
     if "post_adaptation_return_mean" in res:
-        print(f"adapted policies:  mean return {res['post_adaptation_return_mean']:.1f} over "
-              f"{len(res['post_adaptation_episode_returns'])} episodes")
+        print(f"adapted policies:  mean return {_spread(res['post_adaptation_episode_returns'])}"
+              f"\n                   (theta after one inner step on each of the {K} models; "
+              "episodes spread over them)")
     return 0
+
+
+def _spread(returns: list[float]) -> str:
+    """``mean ± std over N episodes (min .., max ..)``."""
+    import numpy as np
+
+    r = np.asarray(returns, dtype=float)
+    if len(r) == 1:
+        return f"{r[0]:.1f} over 1 episode"
+    return (f"{r.mean():.1f} ± {r.std():.1f} over {len(r)} episodes "
+            f"(min {r.min():.1f}, max {r.max():.1f})")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -294,71 +402,164 @@ def cmd_plot(args: argparse.Namespace) -> int:
         png = plot_runs(args.runs, args.out)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
-    print(png)
+    n = len(args.runs)
+    print(f"learning curve{'s' if n > 1 else ''} of {n} run{'s' if n > 1 else ''}: {png}")
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run (or resume) a Tune sweep from ``tune_configs/sweeps.py``."""
-    from mbmpo_ray.tuning import run_sweep
+    from mbmpo_ray.tuning import prepare_sweep, run_sweep
 
-    try:
-        return run_sweep(args)
+    try:  # every check before Ray starts
+        plan = prepare_sweep(args)
     except (ValueError, FileNotFoundError) as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(_problems(e)) from None
+    _init_ray(args.address, args.verbose)
+    return run_sweep(args, plan)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help; options whose default is "not given" (None,
+    a flag's False) say in their help what happens then."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mbmpo-ray", description="Model-Based Meta-Policy Optimization on Ray RLlib.")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="mbmpo-ray", formatter_class=_HelpFormatter,
+        description="Model-Based Meta-Policy Optimization (MB-MPO) on Ray RLlib.",
+        epilog="`mbmpo-ray COMMAND --help` shows each command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description,
+                              formatter_class=_HelpFormatter)
+
+    def add_ray_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", metavar="ADDR",
+                       help="Ray cluster to join: auto (the local cluster's head), "
+                            "ray://host:10001 (default: start a local Ray for this command)")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Ray's start-up messages and the workers' output "
+                            "(default: hidden)")
 
     def add_run_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="config name (pendulum, halfcheetah, ...) or .py path")
-        p.add_argument("--variant", default="default", help="default | paper | smoke")
+        p.add_argument("--config", metavar="NAME|PATH",
+                       help="config module in tune_configs/ (pendulum, halfcheetah, hopper, "
+                            "...) or a .py file (default: the module of --env)")
+        p.add_argument("--variant", default="default",
+                       help="config variant: default, paper or smoke (default: default, "
+                            "which is paper where a config has no DEFAULT)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a training setting, e.g. --set inner_lr=0.005")
-        p.add_argument("--seed", type=int)
-        p.add_argument("--num-env-runners", type=int)
-        p.add_argument("--address", help="Ray address (auto, ray://host:10001); default: local")
+                       help="override a training setting, repeatable, e.g. --set "
+                            "inner_lr=0.005 (default: the config's; --list-settings shows "
+                            "every key and its default)")
+        p.add_argument("--seed", type=int,
+                       help="random seed of the run (default: the config's, 0)")
+        p.add_argument("--num-env-runners", type=int, metavar="N",
+                       help="Ray actors sampling the real env, 0 samples on the driver "
+                            "(default: the config's, 0)")
+        add_ray_args(p)
 
-    p = sub.add_parser("train", help="train MB-MPO with a live progress display")
-    p.add_argument("--env", help="gymnasium env id, e.g. HalfCheetah-v5")
+    p = add_parser("train", "train MB-MPO with a live progress display",
+                   "Train MB-MPO: one line per iteration on the screen, progress.csv, "
+                   "TensorBoard events,\ncheckpoints and learning_curve.png in --output.")
+    p.add_argument("--env", metavar="ENV_ID",
+                   help="gymnasium env id, e.g. HalfCheetah-v5 (default: the --config's env; "
+                        "with --config: run that config on this env)")
     add_run_args(p)
-    p.add_argument("--stop-timesteps", type=int, help="stop after this many real env steps")
-    p.add_argument("--iterations", type=int, help="stop after this many iterations")
-    p.add_argument("--output", help="output directory (default runs/<env>)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="iterations (0: end only)")
+    p.add_argument("--stop-timesteps", type=int, metavar="N",
+                   help="stop after N real env steps (default: the config variant's, e.g. "
+                        "10,000 for pendulum)")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help="stop after N iterations (default: no limit; whichever stop comes "
+                        "first)")
+    p.add_argument("--output", metavar="DIR",
+                   help="run directory (default: runs/<env id>)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save a checkpoint every N iterations, 0: only at the end")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                   help="complete checkpoints kept in DIR/checkpoints/ (each written to a "
+                        "temporary directory and renamed into place, so a kill at any moment "
+                        "leaves one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its newest complete checkpoint "
+                        "(progress.csv appended; the run's options are restated from its "
+                        "run.json unless given again)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --output that already holds a run (default: "
+                        "refuse)")
+    p.add_argument("--plain", action="store_true", default=None,
+                   help="plain progress lines instead of the live display (default: plain "
+                        "when the output is not a terminal)")
     p.add_argument("--list-settings", action="store_true",
                    help="print every --set key with its default and doc, then exit")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="run or resume a Tune sweep from tune_configs/sweeps.py")
-    p.add_argument("sweep", help="sweep name: alpha | ensemble_size | horizon | smoke")
-    p.add_argument("--env", help="override the sweep's env config (e.g. halfcheetah)")
-    p.add_argument("--variant", default=None, help="config variant of the trials")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per setting")
-    p.add_argument("--iterations", type=int, help="iterations per trial")
-    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
-    p.add_argument("--storage", default=None, help="Tune storage path (default ./runs/tune)")
-    p.add_argument("--name", default=None, help="experiment name")
-    p.add_argument("--resume", action="store_true", help="resume the experiment if it exists")
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--address", help="Ray address; default: local")
+    p = add_parser("tune", "run or resume a Tune sweep from tune_configs/sweeps.py",
+                   "Run a sweep (grid over a paper knob x seeds) with Ray Tune; print a "
+                   "results table\nand the best checkpoint.")
+    p.add_argument("sweep", help="sweep name: alpha, ensemble_size, horizon or smoke")
+    p.add_argument("--env", metavar="CONFIG",
+                   help="run the sweep on this env config, e.g. halfcheetah (default: the "
+                        "sweep's)")
+    p.add_argument("--variant", default=None,
+                   help="config variant of the trials (default: the sweep's)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="seeds per setting (default: the sweep's, 3 for alpha, "
+                        "ensemble_size and horizon)")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help="iterations per trial (default: the sweep's, 25 for alpha, "
+                        "ensemble_size and horizon)")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                   help="trial scheduler: fifo runs every trial to the end, asha stops "
+                        "weak ones early")
+    p.add_argument("--storage", default=None, metavar="DIR",
+                   help="Tune storage path (default: runs/tune)")
+    p.add_argument("--name", default=None,
+                   help="experiment name (default: mbmpo_<sweep>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment in --storage/--name if it exists")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="trials running at once (default: as many as the resources allow)")
+    add_ray_args(p)
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the real env")
-    p.add_argument("checkpoint")
-    p.add_argument("--episodes", type=int, default=10)
+    p = add_parser("evaluate", "evaluate a checkpoint on the real env",
+                   "Real-env returns (mean ± std over episodes, min, max) of a checkpoint's "
+                   "pre-update\npolicy and of its adapted policies.")
+    p.add_argument("checkpoint", help="checkpoint directory, e.g. runs/pendulum/checkpoint")
+    p.add_argument("--episodes", type=int, default=10, metavar="N",
+                   help="episodes per policy kind (the adapted ones spread over the models)")
+    p.add_argument("--mean-action", action="store_true",
+                   help="act with the policy's mean action (default: the checkpoint's "
+                        "eval_explore, i.e. actions sampled as in training)")
+    p.add_argument("--video", metavar="FILE",
+                   help="also record one episode of the pre-update policy (mean action) to "
+                        "this .gif or .mp4 file (default: no video)")
     p.add_argument("--render", default="rgb_array", help="render mode for --video")
-    p.add_argument("--video", help="also record one episode to this .mp4 or .gif file")
-    p.add_argument("--address")
+    add_ray_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("plot", help="learning curves (mean and spread over seeds) as one PNG")
-    p.add_argument("runs", nargs="+", help="run directories containing progress.csv")
-    p.add_argument("--out", default="learning_curves.png")
+    p = add_parser("plot", "learning curves (mean and spread over seeds) as one PNG",
+                   "Plot real-env return vs real steps of one or more runs; runs named "
+                   "<name>_seedN\nare averaged into one curve.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories (or their progress.csv files)")
+    p.add_argument("--out", metavar="PNG",
+                   help="output file (default: next to the input: RUN/learning_curve.png "
+                        "for one run, the runs' common parent/learning_curves.png for "
+                        "several)")
     p.set_defaults(func=cmd_plot)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true",
+                       help="on an error, show the full Python traceback")
     parser.subcommands = sub.choices  # name -> subparser, for usage lines on errors
     return parser
 
@@ -367,12 +568,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    from mbmpo_ray.progress import quiet_ray
+
+    quiet_ray(getattr(args, "verbose", False))  # before any config or Ray call logs
     try:
         return args.func(args)
     except CLIError as e:
+        if getattr(args, "debug", False):
+            raise
         parser.subcommands[args.command].print_usage(sys.stderr)
-        print(f"mbmpo-ray {args.command}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:
+            print(f"mbmpo-ray {args.command}: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mbmpo-ray {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # not a user mistake we know of: one line, --debug for more
+        if getattr(args, "debug", False):
+            raise
+        msg = " ".join(str(e).split()) or "(no message)"
+        if len(msg) > 300:
+            msg = msg[:300] + "..."
+        print(f"mbmpo-ray {args.command}: error: {type(e).__name__}: {msg} "
+              "(--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ members).
 * :class:`ImaginationSampler` -- draw the start states from real states, then :func:`imagine`
   with task-batched policy parameters (what a meta step samples);
 * :func:`task_members` -- the task -> member mapping (:func:`first_task_of_each_member`).
+* :func:`branched_rollouts` -- MBPO's k-step rollouts from real states, a random elite member
+  per row and step (:func:`rollout_length`: MBPO's schedule of k).
 
 Only torch is needed here (no Ray, and no import of :mod:`mbmpo_ray.meta`, which imports this
 module): the policy is duck-typed.
@@ -213,63 +215,51 @@ def imagine(
     low = torch.as_tensor(action_low, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
     high = torch.as_tensor(action_high, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
 
-    obs_steps, act_steps, rew_steps, done_steps, mask_steps, logp_steps, next_steps = (
-        [], [], [], [], [], [], []
-    )
-    dis_steps = []
+    steps: dict[str, list[Tensor]] = {f.name: [] for f in fields(ImaginedBatch)}
     with torch.no_grad():
         obs = start_obs_T_N_D
         alive = torch.ones(T, N, dtype=torch.bool, device=obs.device)
         for _ in range(horizon):
             raw_act, logp = policy_fn(obs, generator)
             act = torch.maximum(torch.minimum(raw_act, high), low)
-            A = act.shape[-1]
             # Tasks are member-major, so T x N -> K x (T/K * N) is a free reshape.
             next_obs = dynamics.sample_next_obs(
                 obs.reshape(K, -1, D),
-                act.reshape(K, -1, A),
+                act.reshape(K, -1, act.shape[-1]),
                 deterministic=deterministic_model,
                 generator=generator,
             ).reshape(T, N, D)
             if bounds is not None:
                 next_obs = bounds.clip(obs, next_obs)
             if compute_disagreement:
-                all_next = dynamics.sample_next_obs(
-                    obs.reshape(1, T * N, D).expand(K, -1, -1),
-                    act.reshape(1, T * N, A).expand(K, -1, -1),
-                    deterministic=True,
-                ).reshape(K, T, N, D)
-                dis_steps.append(all_next.std(0).mean(-1))
+                steps["disagreement"].append(member_disagreement(dynamics, obs, act))
             reward = reward_fn(obs, act, next_obs).to(obs.dtype)
             if termination_fn is None:
                 done = torch.zeros_like(alive)
             else:
                 done = termination_fn(next_obs).to(torch.bool) & alive
             valid = alive.to(obs.dtype)
-
-            obs_steps.append(obs)
-            act_steps.append(raw_act)
-            rew_steps.append(reward * valid)
-            done_steps.append(done)
-            mask_steps.append(valid)
-            logp_steps.append(logp)
-            next_steps.append(next_obs)
-
+            for name, x in (("obs", obs), ("actions", raw_act), ("rewards", reward * valid),
+                            ("dones", done), ("mask", valid), ("log_probs", logp),
+                            ("next_obs", next_obs)):
+                steps[name].append(x)
             # A terminated rollout stays in its terminal state (and contributes nothing afterwards).
             obs = torch.where(alive.unsqueeze(-1), next_obs, obs)
             alive = alive & ~done
+    return ImaginedBatch(**{k: torch.stack(v, dim=2) if v else None for k, v in steps.items()})
 
-    stack = lambda xs: torch.stack(xs, dim=2)  # noqa: E731
-    return ImaginedBatch(
-        obs=stack(obs_steps),
-        actions=stack(act_steps),
-        rewards=stack(rew_steps),
-        dones=stack(done_steps),
-        mask=stack(mask_steps),
-        log_probs=stack(logp_steps),
-        next_obs=stack(next_steps),
-        disagreement=stack(dis_steps) if compute_disagreement else None,
-    )
+
+def member_disagreement(dynamics: Dynamics, obs_T_N_D: Tensor, act_T_N_A: Tensor) -> Tensor:
+    """``T x N`` mean over state dims of the std of all K members' mean next-state predictions
+    (every member steps every row: K times the model FLOPs of one imagined step)."""
+    T, N, D = obs_T_N_D.shape
+    K = dynamics.ensemble_size
+    all_next = dynamics.sample_next_obs(
+        obs_T_N_D.reshape(1, T * N, D).expand(K, -1, -1),
+        act_T_N_A.reshape(1, T * N, -1).expand(K, -1, -1),
+        deterministic=True,
+    ).reshape(K, T, N, D)
+    return all_next.std(0).mean(-1)
 
 
 class ImaginationSampler:
@@ -354,3 +344,159 @@ class ImaginationSampler:
             deterministic_model=self.deterministic_model,
             bounds=self.bounds,
         )
+
+
+# ----------------------------------------------------------------------------- MBPO
+class EliteDynamics(Protocol):
+    """What :func:`branched_rollouts` needs from a model (e.g. a probabilistic
+    ``DynamicsEnsemble``): one step of ``B`` rows, each by a random elite member."""
+
+    def sample_elite_next_obs(
+        self,
+        obs_B_D: Tensor,
+        act_B_A: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        deterministic: bool = False,
+    ) -> Tensor: ...
+
+
+@dataclass
+class BranchedRollouts:
+    """Model transitions of MBPO's branched rollouts, flattened to rows.
+
+    Rows are ordered chunk by chunk (see ``max_rows_per_call``), step by step within a chunk.
+
+    Attributes:
+        obs, next_obs: ``M x D`` states before and after each model step.
+        actions: ``M x A`` the actions the model and the reward saw (clipped to the box).
+        rewards: ``M`` model rewards.
+        dones: ``M`` bool, True where the termination function ended the rollout.
+        rows_per_step: ``[length]`` rows generated at each step (summed over chunks): rollouts
+            still alive at that step.
+        dropped: rollouts stopped because the model predicted a non-finite state or reward
+            (those rows are not returned).
+    """
+
+    obs: Tensor
+    actions: Tensor
+    next_obs: Tensor
+    rewards: Tensor
+    dones: Tensor
+    rows_per_step: Tensor
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    def as_numpy(self) -> dict[str, object]:
+        """The rows as NumPy arrays under the buffer's keys (``obs, act, next_obs, reward,
+        done``), e.g. for ``TransitionBuffer.add(**rollouts.as_numpy())``."""
+        return {"obs": self.obs.cpu().numpy(), "act": self.actions.cpu().numpy(),
+                "next_obs": self.next_obs.cpu().numpy(),
+                "reward": self.rewards.cpu().numpy(), "done": self.dones.cpu().numpy()}
+
+
+def rollout_length(epoch: float, schedule: tuple[float, float, int, int]) -> int:
+    """MBPO's rollout length k at ``epoch``: ``schedule = (epoch_a, epoch_b, k_a, k_b)`` gives
+    ``k_a`` up to ``epoch_a``, then a linear ramp reaching ``k_b`` at ``epoch_b`` (and ``k_b``
+    after it), rounded down; at least 1."""
+    epoch_a, epoch_b, k_a, k_b = schedule
+    if epoch_b < epoch_a or min(k_a, k_b) < 1:
+        raise ValueError(f"rollout schedule needs epoch_a <= epoch_b and k >= 1, got {schedule}")
+    if epoch <= epoch_a:
+        return int(k_a)
+    frac = 1.0 if epoch_b == epoch_a else min(1.0, (epoch - epoch_a) / (epoch_b - epoch_a))
+    return max(1, int(k_a + frac * (k_b - k_a)))
+
+
+def branched_rollouts(
+    dynamics: EliteDynamics,
+    policy_fn: Callable[[Tensor, torch.Generator | None], Tensor],
+    start_obs_B_D: Tensor,
+    length: int,
+    reward_fn: Callable,
+    termination_fn: Callable | None,
+    *,
+    action_low: Tensor | float,
+    action_high: Tensor | float,
+    generator: torch.Generator | None = None,
+    deterministic_model: bool = False,
+    bounds: StateBounds | None = None,
+    max_rows_per_call: int | None = None,
+) -> BranchedRollouts:
+    """MBPO's k-step branched rollouts (Janner et al. 2019) from real start states.
+
+    Every step is one tensor program over all live rows: the policy acts, each row's next
+    state comes from an elite member drawn at random for that row and step, sampled from its
+    Gaussian (:meth:`~mbmpo_ray.models.DynamicsEnsemble.sample_elite_next_obs`), and the env's
+    own reward and termination functions score it. A terminated rollout stops (its terminal
+    transition is kept); so does one whose prediction is not finite (that row is dropped).
+
+    Args:
+        dynamics: model with ``sample_elite_next_obs(obs_B_D, act_B_A, generator,
+            deterministic=...)``.
+        policy_fn: ``(obs_B_D, generator) -> act_B_A`` actions in the env's action space
+            (clipped to ``[action_low, action_high]`` here, as the env would).
+        start_obs_B_D: ``B x D`` real start states (their device and dtype are the rollouts').
+        length: k, model steps per rollout.
+        reward_fn: ``(obs, act, next_obs) -> reward``; termination_fn: ``next_obs -> done`` (or
+            None: never terminates).
+        action_low, action_high: the action box.
+        generator: torch RNG for the member choice and the Gaussian samples (and passed to
+            ``policy_fn``).
+        deterministic_model: use each chosen member's mean instead of a sample.
+        bounds: if given, predicted states are clipped to it (:class:`StateBounds`).
+        max_rows_per_call: start states per chunk (memory bound: every member steps every row
+            of a chunk); None: all at once.
+
+    Returns:
+        :class:`BranchedRollouts` with at most ``B * length`` rows.
+    """
+    B, D = start_obs_B_D.shape
+    if length < 1:
+        raise ValueError(f"rollout length must be >= 1, got {length}")
+    ref = start_obs_B_D
+    low = torch.as_tensor(action_low, dtype=ref.dtype, device=ref.device)
+    high = torch.as_tensor(action_high, dtype=ref.dtype, device=ref.device)
+    if bounds is not None:
+        bounds = bounds.to(device=ref.device, dtype=ref.dtype)
+    chunk = B if not max_rows_per_call else max(1, int(max_rows_per_call))
+    out: dict[str, list[Tensor]] = {k: [] for k in ("obs", "act", "next", "rew", "done")}
+    rows_per_step = torch.zeros(length, dtype=torch.long)
+    dropped = 0
+    with torch.no_grad():
+        for start in range(0, B, chunk):
+            obs = start_obs_B_D[start:start + chunk]
+            for step in range(length):
+                if obs.shape[0] == 0:
+                    break
+                act = torch.maximum(torch.minimum(policy_fn(obs, generator), high), low)
+                nxt = dynamics.sample_elite_next_obs(
+                    obs, act, generator, deterministic=deterministic_model)
+                if bounds is not None:
+                    nxt = bounds.clip(obs, nxt)
+                rew = reward_fn(obs, act, nxt).to(ref.dtype)
+                done = (torch.zeros(obs.shape[0], dtype=torch.bool, device=ref.device)
+                        if termination_fn is None else termination_fn(nxt).to(torch.bool))
+                ok = torch.isfinite(nxt).all(-1) & torch.isfinite(rew)
+                if not bool(ok.all()):
+                    dropped += int((~ok).sum())
+                    obs, act, nxt, rew, done = obs[ok], act[ok], nxt[ok], rew[ok], done[ok]
+                for name, x in (("obs", obs), ("act", act), ("next", nxt), ("rew", rew),
+                                ("done", done)):
+                    out[name].append(x)
+                rows_per_step[step] += obs.shape[0]
+                obs = nxt[~done]
+    cat = lambda xs, shape, dtype: (torch.cat(xs) if xs else  # noqa: E731
+                                    torch.zeros(shape, dtype=dtype, device=ref.device))
+    A = low.shape[-1] if low.ndim else 0
+    return BranchedRollouts(
+        obs=cat(out["obs"], (0, D), ref.dtype),
+        actions=cat(out["act"], (0, A), ref.dtype),
+        next_obs=cat(out["next"], (0, D), ref.dtype),
+        rewards=cat(out["rew"], (0,), ref.dtype),
+        dones=cat(out["done"], (0,), torch.bool),
+        rows_per_step=rows_per_step,
+        dropped=dropped,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ def get_sweep(name: str) -> dict[str, Any]:
     return copy.deepcopy(SWEEPS[name])
 
 
+def trainable_name(sweep: dict[str, Any]) -> str:
+    """The Tune trainable of a sweep: "MBMPO", or "MBPO" for ``algo="mbpo"``."""
+    return "MBPO" if sweep.get("algo", "mbmpo") == "mbpo" else "MBMPO"
+
+
 def param_space(sweep: dict[str, Any], seeds: int | None = None):
     """The MBMPOConfig of a sweep with ``tune.grid_search`` over its grid and seeds.
 
@@ -30,7 +36,8 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
 
     import tune_configs
 
-    config = tune_configs.load_config(sweep["config"], sweep.get("variant", "default"))
+    config = tune_configs.load_config(sweep["config"], sweep.get("variant", "default"),
+                                      algo=sweep.get("algo", "mbmpo"))
     (key, values), = sweep["grid"].items()
     tied = sweep.get("tied", {})
     if tied:
@@ -48,8 +55,53 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
     return config, space
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    """Run (or resume with ``--resume``) a sweep; print a results table and the best checkpoint."""
+def prepare_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything a sweep needs, checked before Ray starts: the sweep, its overrides, the
+    counts, every grid point's config (validated) and a writable storage directory.
+
+    Raises:
+        ValueError: one line per problem.
+    """
+    for option in ("seeds", "iterations", "max_concurrent"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be an integer >= 1, "
+                             f"got {value}")
+    sweep = get_sweep(args.sweep)
+    if args.env:
+        sweep["config"] = args.env
+    if args.variant:
+        sweep["variant"] = args.variant
+    config, space = param_space(sweep, args.seeds)
+    (key, values), = sweep["grid"].items()
+    problems: list[str] = []
+    for value in values:  # every trial's config, before Ray starts
+        point = value if key == "mbmpo_point" else {key: value}
+        try:
+            config.copy(copy_frozen=False).update_from_dict(point).validate()
+        except ValueError as e:
+            problems.append(f"{point}: " + " ".join(str(e).split()))
+    if problems:
+        raise ValueError("invalid sweep settings: " + "; ".join(problems))
+    storage = Path(args.storage or "runs/tune").resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to --storage {storage}: {e.strerror or e}") from None
+    return {"sweep": sweep, "iterations": args.iterations or sweep["iterations"],
+            "storage": storage, "name": args.name or f"mbmpo_{args.sweep}",
+            "config": config, "space": space}
+
+
+def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> int:
+    """Run (or resume with ``--resume``) a sweep; print a results table and the best checkpoint.
+
+    Returns 0 if every trial finished, 1 if one failed, 130 if the sweep was interrupted
+    (Ctrl-C) before every trial finished (``--resume`` continues it).
+    """
     # the classic reporter prints a compact table (the new one dumps the full config)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -58,14 +110,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     import mbmpo_ray  # noqa: F401  (registers "MBMPO")
 
-    sweep = get_sweep(args.sweep)
-    if args.env:
-        sweep["config"] = args.env
-    if args.variant:
-        sweep["variant"] = args.variant
-    iterations = args.iterations or sweep["iterations"]
-    storage = Path(args.storage or "runs/tune").resolve()
-    name = args.name or f"mbmpo_{args.sweep}"
+    plan = plan or prepare_sweep(args)
+    sweep, iterations = plan["sweep"], plan["iterations"]
+    storage, name = plan["storage"], plan["name"]
 
     if not ray.is_initialized():
         if args.address:
@@ -76,9 +123,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     exp_path = storage / name
     if args.resume and tune.Tuner.can_restore(str(exp_path)):
         print(f"resuming {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_path), trainable="MBMPO", resume_errored=True)
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable_name(sweep),
+                                   resume_errored=True)
     else:
-        config, space = param_space(sweep, args.seeds)
+        config, space = plan["config"], plan["space"]
         param = config.to_dict()
         param.update(space)
         scheduler = None
@@ -86,7 +134,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=iterations,
                                       grace_period=max(1, iterations // 4))
         tuner = tune.Tuner(
-            "MBMPO",
+            trainable_name(sweep),
             param_space=param,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", scheduler=scheduler,
@@ -109,20 +157,63 @@ def run_sweep(args: argparse.Namespace) -> int:
                 ),
             ),
         )
-    results = tuner.fit()
-    print_results(results, sweep)
+    watch = _InterruptWatch()
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addHandler(watch)
+    try:
+        results = tuner.fit()
+    finally:
+        tune_logger.removeHandler(watch)
+    unfinished = print_results(results, sweep, iterations, interrupted=watch.seen,
+                               early_stopping=args.scheduler == "asha")
+    if watch.seen or unfinished:
+        print(f"\n{'interrupted: ' if watch.seen else ''}{unfinished} trial(s) unfinished; "
+              f"`mbmpo-ray tune {args.sweep} --resume` (same --storage/--name) continues the "
+              "sweep", flush=True)
+        return 130 if watch.seen else 1
     return 1 if results.errors else 0
 
 
-def print_results(results, sweep: dict[str, Any]) -> None:
-    """A table of every trial's swept settings and final returns, and the best checkpoint."""
+class _InterruptWatch(logging.Handler):
+    """Notices Tune's "Experiment has been interrupted" (Ctrl-C): Tune then marks the trials
+    it stopped as terminated, like finished ones."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "has been interrupted" in record.getMessage():
+            self.seen = True
+
+
+def print_results(results, sweep: dict[str, Any], iterations: int | None = None, *,
+                  interrupted: bool = False, early_stopping: bool = False) -> int:
+    """A table of every trial's swept settings and final returns, and the best checkpoint.
+
+    A trial's status is ``ok`` (ran its ``iterations``), ``error``, ``stopped early`` (by
+    ASHA) or ``unfinished`` (fewer iterations: the sweep was interrupted). Returns the number
+    of unfinished trials.
+    """
     (key, _), = sweep["grid"].items()
+    iterations = iterations or sweep.get("iterations")
     rows = []
+    unfinished = 0
     for r in results:
         cfg, m = r.config or {}, r.metrics or {}
+        done_iters = m.get("training_iteration") or 0
+        if r.error:
+            status = "error"
+        elif iterations is None or done_iters >= iterations:
+            status = "ok"
+        elif early_stopping and done_iters > 0 and not interrupted:
+            status = "stopped early"
+        else:
+            status = "unfinished"
+            unfinished += 1
         rows.append((cfg.get(key, (cfg.get("mbmpo_point") or {}).get(key)), cfg.get("seed"),
                      m.get("training_iteration"), m.get("num_real_steps_lifetime"),
-                     m.get(METRIC), "error" if r.error else "ok"))
+                     m.get(METRIC), status))
     print(f"\n{key:>14} {'seed':>5} {'iters':>6} {'real steps':>11} {'return':>9} status")
     for row in sorted(rows, key=lambda x: (str(x[0]), str(x[1]))):
         v, seed, it, steps, ret, status = row
@@ -132,5 +223,6 @@ def print_results(results, sweep: dict[str, Any]) -> None:
         best = results.get_best_result(metric=METRIC, mode="max")
         if best.checkpoint:
             print(f"\nbest checkpoint: {best.checkpoint.path}")
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         pass
+    return unfinished

@@ -11,6 +11,10 @@ Python or the CLI the same way::
     config = load_config("tune_configs/hopper.py")
 
 Sweeps (``sweeps.py``) describe Tune param spaces over alpha, ensemble size and horizon.
+
+MBPO (``algo="mbpo"``) has its own per-env modules ``mbpo_<name>.py`` (``DEFAULT``, ``PAPER``
+where the reference code covers the env, ``MBRL_LIB`` where mbrl-lib does, ``SMOKE``), loaded
+the same way: ``load_config("hopper", "paper", algo="mbpo")`` gives an ``MBPOConfig``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ ENV_CONFIGS = {
 }
 
 
-def _module(name_or_path: str) -> ModuleType:
+ALGOS = ("mbmpo", "mbpo")
+
+
+def _module(name_or_path: str, algo: str = "mbmpo") -> ModuleType:
     path = Path(name_or_path)
     if path.suffix == ".py":
         if not path.exists():
@@ -49,38 +56,46 @@ def _module(name_or_path: str) -> ModuleType:
             f"unknown config {name_or_path!r}; choose one of {sorted(ENV_CONFIGS)} "
             "(or their env ids) or a path to a .py file defining ENV and PAPER"
         )
-    return importlib.import_module(f"tune_configs.{name}")
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {list(ALGOS)}")
+    prefix = "mbpo_" if algo == "mbpo" else ""
+    return importlib.import_module(f"tune_configs.{prefix}{name}")
 
 
-def training_settings(name_or_path: str, variant: str = "default") -> tuple[str, dict[str, Any]]:
+def training_settings(name_or_path: str, variant: str = "default",
+                      algo: str = "mbmpo") -> tuple[str, dict[str, Any]]:
     """``(env_id, training kwargs)`` of a config module's variant."""
-    module = _module(name_or_path)
+    module = _module(name_or_path, algo)
     variant = variant.upper()
     if variant == "DEFAULT" and not hasattr(module, "DEFAULT"):
         variant = "PAPER"
     if not hasattr(module, variant):
-        options = [v.lower() for v in ("DEFAULT", "PAPER", "SMOKE") if hasattr(module, v)]
+        options = [v.lower() for v in ("DEFAULT", "PAPER", "MBRL_LIB", "SMOKE")
+                   if hasattr(module, v)]
         raise ValueError(f"config {name_or_path!r} has no variant {variant.lower()!r}; "
                          f"choose one of {options}")
     return module.ENV, dict(getattr(module, variant))
 
 
-def stop_timesteps(name_or_path: str, variant: str = "default") -> int | None:
+def stop_timesteps(name_or_path: str, variant: str = "default",
+                   algo: str = "mbmpo") -> int | None:
     """Real env steps after which a run of this config variant stops (None: no default)."""
-    stops = getattr(_module(name_or_path), "STOP_TIMESTEPS", {})
+    stops = getattr(_module(name_or_path, algo), "STOP_TIMESTEPS", {})
     return stops.get(variant.lower(), stops.get("paper"))
 
 
-def load_config(name_or_path: str, variant: str = "default", **overrides: Any):
-    """An :class:`~mbmpo_ray.MBMPOConfig` for a config module, variant and overrides."""
-    from mbmpo_ray import MBMPOConfig
+def load_config(name_or_path: str, variant: str = "default", *, algo: str = "mbmpo",
+                **overrides: Any):
+    """An :class:`~mbmpo_ray.MBMPOConfig` (``algo="mbpo"``: an :class:`~mbmpo_ray.MBPOConfig`)
+    for a config module, variant and overrides."""
+    from mbmpo_ray import MBMPOConfig, MBPOConfig
 
-    env_id, settings = training_settings(name_or_path, variant)
+    env_id, settings = training_settings(name_or_path, variant, algo)
     settings.update(overrides)
     seed = settings.pop("seed", 0)
     num_env_runners = settings.pop("num_env_runners", 0)
     return (
-        MBMPOConfig()
+        (MBPOConfig() if algo == "mbpo" else MBMPOConfig())
         .environment(env_id)
         .env_runners(num_env_runners=num_env_runners)
         .training(**settings)

@@ -1,7 +1,9 @@
-"""Tune sweeps over the three knobs the MB-MPO paper studies, each across seeds.
+"""Tune sweeps over the three knobs the MB-MPO paper studies, each across seeds, and over MBPO's
+(rollout length, real ratio, updates per step, ensemble size).
 
 A sweep is a dict: ``config`` (env config name), ``variant``, ``grid`` (setting -> values),
-``seeds``, ``iterations`` (per trial), ``metric`` / ``mode`` for the results table and ASHA.
+``seeds``, ``iterations`` (per trial), ``metric`` / ``mode`` for the results table and ASHA,
+``algo`` ("mbmpo" if absent, or "mbpo").
 ``mbmpo-ray tune <name>`` runs one; :func:`mbmpo_ray.tuning.param_space` builds its Tune space.
 """
 
@@ -40,4 +42,62 @@ SMOKE = dict(
     iterations=2,
 )
 
-SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "smoke": SMOKE}
+# ----------------------------------------------------------------------------- MBPO
+# ``algo="mbpo"``: the config is ``tune_configs/mbpo_<config>.py``; one iteration is
+# model_train_freq (250) real steps, so 400 iterations are 100k real steps.
+
+MBPO_ROLLOUT_LENGTH = dict(
+    algo="mbpo",
+    config="hopper",
+    variant="paper",
+    # fixed k = 1, 5, 15 and the reference's schedule (k 1 -> 15 over epochs 20-100)
+    grid={"rollout_schedule": [(0, 0, 1, 1), (0, 0, 5, 5), (0, 0, 15, 15), (20, 100, 1, 15)]},
+    seeds=3,
+    iterations=400,
+)
+
+MBPO_REAL_RATIO = dict(
+    algo="mbpo",
+    config="halfcheetah",
+    variant="paper",
+    grid={"real_ratio": [0.0, 0.05, 0.2, 0.5, 1.0]},  # 1.0: SAC at G updates per step
+    seeds=3,
+    iterations=400,
+)
+
+MBPO_UPDATES_PER_STEP = dict(
+    algo="mbpo",
+    config="halfcheetah",
+    variant="paper",
+    grid={"updates_per_step": [1, 10, 20, 40]},
+    seeds=3,
+    iterations=400,
+)
+
+MBPO_ENSEMBLE_SIZE = dict(
+    algo="mbpo",
+    config="halfcheetah",
+    variant="paper",
+    # joint points: num_elites <= ensemble_size (the reference: 7 members, 5 elites)
+    grid={"mbmpo_point": [dict(ensemble_size=1, num_elites=1),
+                          dict(ensemble_size=3, num_elites=2),
+                          dict(ensemble_size=7, num_elites=5),
+                          dict(ensemble_size=10, num_elites=7)]},
+    seeds=3,
+    iterations=400,
+)
+
+# Two trials x two iterations of a tiny Pendulum MBPO run: for tests.
+MBPO_SMOKE = dict(
+    algo="mbpo",
+    config="pendulum",
+    variant="smoke",
+    grid={"real_ratio": [0.05, 0.5]},
+    seeds=1,
+    iterations=2,
+)
+
+SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "smoke": SMOKE,
+          "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
+          "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
+          "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}

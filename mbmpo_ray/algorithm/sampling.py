@@ -9,6 +9,8 @@ whenever it runs, so a restored or retried run continues exactly as the uninterr
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,9 @@ import numpy as np
 import torch
 
 TRANSITION_KEYS = ("obs", "act", "next_obs", "reward", "done")
-MAX_SAMPLE_RETRIES = 3
+MAX_SAMPLE_RETRIES = 5
+
+logger = logging.getLogger(__name__)
 
 Job = tuple[int, "dict[str, np.ndarray] | None", "dict[str, Any]", int]
 
@@ -63,6 +67,9 @@ def episodes_to_arrays(episodes, act_low, act_high) -> dict[str, Any]:
 
 def run_jobs(runner, jobs: list[Job], act_low, act_high) -> list[tuple[int, dict[str, Any]]]:
     """On an env runner: run each job in turn (see the module docstring)."""
+    if getattr(runner, "env", None) is None:
+        raise RuntimeError("this env runner has no env (the local runner of a group with "
+                           "remote runners); sampling jobs run on the remote runners only")
     out = []
     for job_id, params, kwargs, seed in jobs:
         if params is not None:
@@ -87,16 +94,38 @@ def merge_job_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 class RealSampler:
     """Runs sampling jobs on an RLlib ``EnvRunnerGroup``.
 
-    Jobs are spread round-robin over the healthy remote runners (or run on the local runner
-    when the group has none). A job whose runner died is retried on the restarted runners
-    (``restore_fn(group)``, the Algorithm's ``restore_env_runners``), up to
-    ``MAX_SAMPLE_RETRIES`` times, so every job completes or a clear error is raised.
+    Jobs are spread round-robin over the healthy remote runners, or run on the local runner
+    when the group has no remote runners (only then does the local runner have an env; it is
+    never sampled on otherwise). A job whose runner died (or did not answer within
+    ``call_timeout_s`` per job) is retried on the remaining or restarted runners, up to
+    ``max_retries`` times (RLlib restores the failed runner before the next iteration). When
+    no remote runner is healthy, the sampler asks Ray to restore
+    them (``restore_fn(group)``, the Algorithm's ``restore_env_runners``) and waits, at most
+    ``restore_timeout_s`` seconds, logging what it waits for; then it raises a clear error.
+    Every job therefore completes, or an error says why, in bounded time.
+
+    Args:
+        group: the ``EnvRunnerGroup``.
+        restore_fn: ``restore_fn(group)`` probes the unhealthy runners and syncs the restored
+            ones (returns their ids).
+        act_low, act_high: the action box (actions are stored clipped to it).
+        restore_timeout_s: how long to wait for a restarted runner when none is healthy
+            (the Algorithm passes RLlib's ``env_runner_restore_timeout_s``).
+        call_timeout_s: seconds per job a runner may take before its jobs are retried
+            elsewhere and it is probed (None: no limit; a dead runner is always detected).
+        max_retries: rounds of retries after the first attempt.
     """
 
-    def __init__(self, group, restore_fn: Callable[[Any], Any], act_low, act_high):
+    def __init__(self, group, restore_fn: Callable[[Any], Any], act_low, act_high, *,
+                 restore_timeout_s: float = 600.0, call_timeout_s: float | None = None,
+                 max_retries: int = MAX_SAMPLE_RETRIES):
         self.group = group
         self.restore_fn = restore_fn
         self.act_low, self.act_high = act_low, act_high
+        self.restore_timeout_s = float(restore_timeout_s)
+        self.call_timeout_s = call_timeout_s
+        self.max_retries = max_retries
+        self.num_retried_jobs = 0  # lifetime: jobs run again after their runner failed
 
     def num_runners(self) -> int:
         """Healthy remote runners (at least 1: the local runner)."""
@@ -106,33 +135,78 @@ class RealSampler:
         """Run ``jobs`` and return their merged results (see :func:`merge_job_results`)."""
         results: dict[int, dict[str, Any]] = {}
         pending = list(jobs)
-        for _ in range(MAX_SAMPLE_RETRIES + 1):
+        for attempt in range(self.max_retries + 1):
             if not pending:
                 break
+            if attempt:
+                self.num_retried_jobs += len(pending)
+                logger.warning(
+                    "%d sampling job(s) lost with their env runner; running them again on the "
+                    "remaining or restarted runners (retry %d of %d)",
+                    len(pending), attempt, self.max_retries)
             results.update(self._run_once(pending))
             pending = [j for j in pending if j[0] not in results]
-            if pending:
-                self.restore_fn(self.group)
         if pending:
             raise RuntimeError(
                 f"{len(pending)} sampling jobs failed on every env runner after "
-                f"{MAX_SAMPLE_RETRIES} retries; check the env runner logs")
+                f"{self.max_retries} retries; check the env runner logs")
         return merge_job_results([results[j[0]] for j in jobs])
+
+    def healthy_runner_ids(self) -> list[int] | None:
+        """Ids of the healthy remote runners (None: the group has none; sample locally).
+
+        When none is healthy, ask Ray to restore them and wait (bounded) for one.
+        """
+        group = self.group
+        if not group.num_remote_env_runners():
+            return None
+        ids = group.healthy_env_runner_ids()
+        if ids:
+            return ids
+        n = group.num_remote_env_runners()
+        logger.warning("all %d env runners are down; waiting up to %.0f s for Ray to restart "
+                       "them", n, self.restore_timeout_s)
+        t0 = time.monotonic()
+        while True:
+            self.restore_fn(group)
+            ids = group.healthy_env_runner_ids()
+            if ids:
+                logger.warning("%d env runner(s) back after %.1f s", len(ids),
+                               time.monotonic() - t0)
+                return ids
+            if time.monotonic() - t0 > self.restore_timeout_s:
+                raise RuntimeError(
+                    f"none of the {n} env runners came back within {self.restore_timeout_s:.0f}"
+                    " s (their node is gone, or the cluster has no free resources to restart "
+                    "them); add resources, or raise .fault_tolerance("
+                    "env_runner_restore_timeout_s=...) to wait longer")
+            time.sleep(0.5)
 
     def _run_once(self, pending: list[Job]) -> dict[int, dict[str, Any]]:
         group, low, high = self.group, self.act_low, self.act_high
-        ids = group.healthy_env_runner_ids() if group.num_remote_env_runners() else []
-        if group.num_remote_env_runners() and not ids:
-            self.restore_fn(group)
-            ids = group.healthy_env_runner_ids()
-        if not ids:  # local sampling
+        ids = self.healthy_runner_ids()
+        if ids is None:  # no remote runners: the local runner has the env
             return dict(run_jobs(group.local_env_runner, pending, low, high))
         per_runner = [pending[i:: len(ids)] for i in range(len(ids))]
         used = [(i, js) for i, js in zip(ids, per_runner, strict=True) if js]
         funcs = [(lambda r, js=js: run_jobs(r, js, low, high)) for _, js in used]
+        timeout = None
+        if self.call_timeout_s is not None:
+            timeout = self.call_timeout_s * max(len(js) for _, js in used)
         out: dict[int, dict[str, Any]] = {}
         for chunk in group.foreach_env_runner(
-            funcs, local_env_runner=False, remote_worker_ids=[i for i, _ in used]
+            funcs, local_env_runner=False, remote_worker_ids=[i for i, _ in used],
+            timeout_seconds=timeout,
         ):
             out.update(chunk)
+        if timeout is not None:
+            # a runner that did not answer in time (not dead as far as RLlib knows: e.g. it
+            # is waiting for resources to restart) is marked unhealthy, so the next round
+            # probes it with a bounded ping instead of waiting on it again
+            manager = group._worker_manager
+            for rid, js in used:
+                if any(j[0] not in out for j in js) and manager.is_actor_healthy(rid):
+                    logger.warning("env runner %d did not answer within %.0f s; marking it "
+                                   "unhealthy", rid, timeout)
+                    manager.set_actor_state(rid, healthy=False)
         return out

@@ -287,8 +287,18 @@ class EnvCreator:
 
     spec: EnvSpec
     horizon: int | None = 200
+    # gymnasium's registration of spec.env_id where the creator was made (None: not
+    # registered there); a process whose gymnasium does not know the id registers it from
+    # this, so an env gym.register()-ed only in the driver reaches the remote env runners too
+    gym_spec: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.gym_spec is None and self.spec.env_id in gym.registry:
+            object.__setattr__(self, "gym_spec", gym.registry[self.spec.env_id])
 
     def __call__(self, env_config: Mapping[str, Any] | None = None) -> gym.Env:
+        if self.gym_spec is not None and self.spec.env_id not in gym.registry:
+            gym.registry[self.spec.env_id] = self.gym_spec
         overrides = {k: v for k, v in dict(env_config or {}).items() if k != "num_envs"}
         return make_env(self.spec, horizon=self.horizon, **overrides)
 

@@ -1,6 +1,8 @@
-"""A real local cluster (`ray start --head` on loopback) and `ray job submit` of a tiny run."""
+"""A real local cluster (`cluster/local.sh`: loopback only, token auth) and `ray job submit`
+of a tiny run."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,15 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, request):
+    """A cluster of a head and ``request.param`` worker nodes (default 0), with its own HOME
+    (so the auth token is created by local.sh), stopped afterwards even on failure."""
+    workers = getattr(request, "param", 0)
+    home = tmp_path / "home"
+    home.mkdir()
     env = {
         **os.environ,
+        "HOME": str(home),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "RAY": str(BIN / "ray"),
         "MBMPO_RAY_PORT": "6490",
@@ -26,12 +34,28 @@ def cluster(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)
     try:
-        subprocess.run(["bash", "cluster/local.sh", "start", "0"], cwd=REPO, env=env,
-                       check=True, timeout=180, capture_output=True)
+        subprocess.run(["bash", "cluster/local.sh", "start", str(workers)], cwd=REPO, env=env,
+                       check=True, timeout=240, capture_output=True)
         yield env
     finally:
         subprocess.run(["bash", "cluster/local.sh", "stop"], cwd=REPO, env=env, timeout=120)
         shutil.rmtree(env["MBMPO_RAY_TMP"], ignore_errors=True)
+
+
+def listeners(env) -> list[str]:
+    """Local addresses of every listening TCP socket of the cluster's processes (`ss -ltnp`
+    through `cluster/local.sh listeners`)."""
+    res = subprocess.run(["bash", "cluster/local.sh", "listeners"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    return res.stdout.split()
+
+
+def assert_loopback_only(env) -> None:
+    found = listeners(env)
+    assert len(found) >= 6, found  # GCS, raylet, object manager, agents, dashboard, ...
+    for addr in found:
+        host = addr.rsplit(":", 1)[0]
+        assert host in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"), f"{addr} in {found}"
 
 
 def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
@@ -51,5 +75,36 @@ def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
             break
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
     assert "succeeded" in last.stdout + last.stderr
-    assert any((out / "checkpoint").iterdir())
+    # a complete checkpoint of the run's last iteration, not just some file
+    state = pickle.loads((out / "checkpoint" / "algorithm_state.pkl").read_bytes())
+    assert state["training_iteration"] == 2
+    assert state["mbmpo"]["counters"]["real_steps"] == 200
+    assert (out / "checkpoint" / "learner_group" / "learner" / "rl_module").is_dir()
     assert (out / "progress.csv").read_text().count("\n") == 3
+    assert_loopback_only(cluster)  # the driver's and workers' sockets included
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True)
+def test_every_listener_of_every_node_is_loopback_and_tokens_are_required(cluster):
+    """Head + 1 worker node: after a job that starts workers on both nodes, no listener of
+    any cluster process is on a non-loopback address; the token file is 0600; the job API
+    refuses a request without the token."""
+    import stat
+    import urllib.error
+    import urllib.request
+
+    job = ("import ray; ray.init(address='auto'); "
+           "assert len(ray.nodes()) == 2, ray.nodes(); "
+           "f = ray.remote(num_cpus=1)(lambda: 1); print(sum(ray.get([f.remote() for _ in "
+           "range(4)])))")
+    res = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8375", "--",
+         "python", "-c", job], cwd=REPO, env=cluster, capture_output=True, text=True,
+        timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert_loopback_only(cluster)
+    token = Path(cluster["HOME"]) / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen("http://127.0.0.1:8375/api/jobs/", timeout=30)
+    assert e.value.code in (401, 403)

@@ -30,7 +30,9 @@ def test_smoke_every_supported_env(env_id):
         assert np.isfinite(result["episode_return_mean"])
         assert np.isfinite(result["model"]["val_loss_mean"])
         assert result["num_imagined_steps_lifetime"] > 0
-        assert "post_adaptation_return_mean" in result
+        # this iteration's adapted policies, measured on the real env
+        assert np.isfinite(result["post_adaptation_return_mean"])
+        assert np.isfinite(result["sample_return_mean"])
         for phase in ("sample_real", "fit_models", "meta_update", "evaluate_real"):
             assert result["timers"][phase] > 0
     finally:
@@ -97,8 +99,12 @@ def test_evaluate_pre_and_post_adaptation():
     try:
         algo.train()
         res = algo.evaluate(num_episodes=2)
-        assert len(res["episode_returns"]) >= 2
+        assert len(res["episode_returns"]) == len(res["post_adaptation_episode_returns"]) == 2
+        assert res["explore"] is True  # the config's eval_explore
+        assert res["episode_return_std"] == pytest.approx(np.std(res["episode_returns"]))
         assert np.isfinite(res["post_adaptation_return_mean"])
+        assert np.isfinite(res["post_adaptation_return_std"])
+        assert algo.evaluate(num_episodes=1, explore=False)["explore"] is False
     finally:
         algo.stop()
 
@@ -148,7 +154,11 @@ def test_validate_rejects_env_without_model_functions():
         MBMPOConfig().environment("MountainCarContinuous-v0").validate()
 
 
-def test_discrete_action_space_is_rejected():
+def test_discrete_action_space_is_rejected(monkeypatch):
+    from mbmpo_ray.envs import registry
+
+    # a registration for this test only (tests/unit/test_envs.py checks that none leaks)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_model_functions(
         "CartPole-v1", lambda o, a, n: o[..., 0] * 0 + 1, lambda n: n[..., 0] > 1e9
     )
@@ -181,7 +191,109 @@ def test_remote_learner_and_trial_resources():
     algo = cfg.build_algo()
     try:
         result = algo.train()
-        assert np.isfinite(result["meta"]["kl_after"])
+        assert np.isfinite(result["learners"]["default_policy"]["kl_after"])
         assert len(algo._adapted_params) == 2
     finally:
         algo.stop()
+
+
+def test_results_pass_rllibs_checker_and_carry_the_documented_keys():
+    """RLlib's own result checker accepts train() results; the meta diagnostics are the
+    Learner's (learners/default_policy/), and every key the README documents is there."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, LEARNER_RESULTS
+    from ray.rllib.utils.test_utils import check_train_results_new_api_stack
+
+    from mbmpo_ray.progress import LEARNER_RESULTS as OUR_LEARNER_RESULTS
+
+    assert OUR_LEARNER_RESULTS == (LEARNER_RESULTS, DEFAULT_MODULE_ID)
+    algo = tiny().build_algo()
+    try:
+        for it in (1, 2):
+            result = algo.train()
+            check_train_results_new_api_stack(result)
+            learner = result[LEARNER_RESULTS][DEFAULT_MODULE_ID]
+            for key in ("kl_after", "pre_return_mean", "post_return_mean", "surrogate_after",
+                        "inner_grad_norm", "baseline_ev_pre"):
+                assert np.isfinite(learner[key]), key
+            assert "meta" not in result  # one home for the meta diagnostics
+            runners = result[ENV_RUNNER_RESULTS]
+            assert runners["num_env_steps_sampled_lifetime"] == 100 * it
+            assert runners["episode_return_mean"] == result["episode_return_mean"]
+            for key in ("episode_return_mean", "post_adaptation_return_mean",
+                        "sample_return_mean", "episode_len_mean"):
+                assert np.isfinite(result[key]), key
+            # random actions only sample the first iteration; NaN marks "not measured"
+            assert np.isfinite(result["random_return_mean"]) == (it == 1)
+            assert result["num_real_steps_lifetime"] == 100 * it
+            assert result["num_eval_steps_lifetime"] > 0
+    finally:
+        algo.stop()
+
+
+def test_each_return_is_reported_against_the_policy_that_produced_it():
+    """post_adaptation_return_mean of iteration i: episodes of theta'_i, the adapted policies
+    of iteration i's theta (not the previous iteration's); sample_return_mean of iteration
+    i + 1: the training episodes, collected with those same theta'_i."""
+    algo = tiny(eval_episodes_per_iter=2).build_algo()
+    calls = []
+    run = algo.sampler.run
+
+    def spy(jobs):
+        out = run(jobs)
+        calls.append(([params for _, params, _, _ in jobs], out))
+        return out
+
+    algo.sampler.run = spy
+    try:
+        r1 = algo.train()
+        adapted_1 = algo._adapted_params
+        # iteration 1: random sampling, theta's evaluation, theta'_1's evaluation
+        params, out = calls[-1]
+        assert all(p is adapted_1[k] for k, p in enumerate(params))
+        assert r1["post_adaptation_return_mean"] == pytest.approx(
+            np.mean(out["episode_returns"]))
+        _, pre = calls[-2]
+        assert r1["episode_return_mean"] == pytest.approx(np.mean(pre["episode_returns"]))
+        assert r1["episode_return_std"] == pytest.approx(np.std(pre["episode_returns"]))
+        calls.clear()
+        r2 = algo.train()
+        params, out = calls[0]  # iteration 2's training samples: theta'_1
+        assert all(p is adapted_1[k] for k, p in enumerate(params))
+        assert r2["sample_return_mean"] == pytest.approx(np.mean(out["episode_returns"]))
+        params, out = calls[-1]  # and its adapted-policy evaluation: theta'_2
+        assert all(p is algo._adapted_params[k] for k, p in enumerate(params))
+        assert all(p is not adapted_1[k] for k, p in enumerate(params))
+        assert r2["post_adaptation_return_mean"] == pytest.approx(
+            np.mean(out["episode_returns"]))
+    finally:
+        algo.stop()
+
+
+def test_custom_env_registered_only_in_the_driver_reaches_remote_runners(monkeypatch):
+    """register_model_functions (and gym.register) called in the driver only: the remote
+    env runner still builds the env and the Learner still computes its model rewards,
+    because the env creator carries the spec."""
+    import gymnasium as gym
+
+    from mbmpo_ray.envs import functions as F
+    from mbmpo_ray.envs import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # no leak
+    env_id = "DriverOnlyPendulum-v0"
+    gym.register(env_id, entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv")
+    try:
+        register_model_functions(env_id, F.pendulum_reward, F.no_termination)
+        algo = tiny(env_id).env_runners(num_env_runners=1, num_cpus_per_env_runner=0)\
+            .build_algo()
+        try:
+            for _ in range(2):
+                result = algo.train()
+            assert algo.env_runner_group.num_healthy_remote_workers() == 1
+            assert len(algo.buffer) == result["num_real_steps_lifetime"] == 200
+            assert np.isfinite(result["episode_return_mean"])
+            assert np.isfinite(result["learners"]["default_policy"]["pre_return_mean"])
+        finally:
+            algo.stop()
+    finally:
+        gym.registry.pop(env_id, None)

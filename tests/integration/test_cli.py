@@ -29,6 +29,178 @@ def test_bad_arguments_give_usage_not_traceback(capsys):
     assert e.value.code == 2
 
 
+# Bad inputs a new user tries, and the words the one error line must contain. Placeholders:
+# {file} an existing file, {run} a directory holding a run, {empty} an empty directory,
+# {torn} a checkpoint with a truncated file (its manifest says so), {zero} a checkpoint
+# without manifest whose algorithm_state.pkl is 0 bytes, {junk} a directory of other files,
+# {badpy} a config file with a syntax error, {noenv} a config file without ENV, {out} a fresh
+# output directory.
+P = ["train", "--config", "pendulum", "--variant", "smoke"]
+BAD_INPUTS = [
+    # train: configs and settings
+    ("unknown config", ["train", "--config", "nosuchenv", "--iterations", "1"],
+     "unknown config 'nosuchenv'"),
+    ("unknown env id", ["train", "--env", "NoSuchEnv-v0", "--iterations", "1"],
+     "unknown config"),
+    ("env without model functions", [*P, "--env", "MountainCarContinuous-v0"],
+     "register_model_functions"),
+    ("no config", ["train", "--iterations", "1"], "give --config"),
+    ("unknown variant", ["train", "--config", "pendulum", "--variant", "huge"], "no variant"),
+    ("missing config file", ["train", "--config", "{file}.py"], "does not exist"),
+    ("config file with syntax error", ["train", "--config", "{badpy}"], "SyntaxError"),
+    ("config file without ENV", ["train", "--config", "{noenv}"], "cannot load config"),
+    ("--set not a number", [*P, "--set", "ensemble_size=abc"], "ensemble_size must be"),
+    ("--set float for int", [*P, "--set", "horizon=2.5"], "horizon must be an integer"),
+    ("--set bad activation", [*P, "--set", "model_activation=foo"], "model_activation"),
+    ("--set bad choice", [*P, "--set", "outer_optimizer=adam"], "outer_optimizer"),
+    ("--set tasks not multiple of K", [*P, "--set", "num_tasks=3"],
+     "multiple of ensemble_size"),
+    ("--set more trainers than models", [*P, "--set", "num_model_trainers=3"],
+     "num_model_trainers"),
+    ("--set negative lr", [*P, "--set", "inner_lr=-0.1"], "inner_lr"),
+    ("--set zero models", [*P, "--set", "ensemble_size=0"], "ensemble_size"),
+    ("--set bad hidden sizes", [*P, "--set", "model_hidden_sizes=(0,32)"],
+     "model_hidden_sizes"),
+    ("--set bool as word", [*P, "--set", "first_order=maybe"], "first_order"),
+    ("--set holdout ratio > 1", [*P, "--set", "model_holdout_ratio=1.5"],
+     "model_holdout_ratio"),
+    ("--set empty value", [*P, "--set", "horizon="], "horizon"),
+    ("--set unknown key", [*P, "--set", "bogus=1"], "unknown --set key bogus"),
+    ("--set typo", [*P, "--set", "horizn=5"], "did you mean horizon"),
+    ("--set RLlib key", [*P, "--set", "num_env_runners=2"], "use --num-env-runners"),
+    ("--set without =", [*P, "--set", "horizon"], "KEY=VALUE"),
+    # train: numbers
+    ("--stop-timesteps 0", [*P, "--stop-timesteps", "0"], "--stop-timesteps must be"),
+    ("--stop-timesteps negative", [*P, "--stop-timesteps", "-5"], "--stop-timesteps must be"),
+    ("--iterations 0", [*P, "--iterations", "0"], "--iterations must be"),
+    ("--iterations negative", [*P, "--iterations", "-1"], "--iterations must be"),
+    ("--iterations not a number", [*P, "--iterations", "ten"], "invalid int value"),
+    ("--num-env-runners negative", [*P, "--num-env-runners", "-1"], "num_env_runners must be"),
+    ("--seed negative", [*P, "--seed", "-1"], "seed must be"),
+    ("--checkpoint-every negative", [*P, "--checkpoint-every", "-1"],
+     "--checkpoint-every must be"),
+    ("--keep-checkpoints 0", [*P, "--keep-checkpoints", "0"], "--keep-checkpoints must be"),
+    ("unknown option", [*P, "--epochs", "3"], "unrecognized arguments"),
+    # train: output directory
+    ("unwritable output", [*P, "--iterations", "1", "--output", "/proc/mbmpo_run"],
+     "cannot write to --output"),
+    ("output is a file", [*P, "--iterations", "1", "--output", "{file}"], "is a file"),
+    ("existing run", [*P, "--iterations", "1", "--output", "{run}"],
+     "pass --resume to continue it or --overwrite"),
+    ("resume with no run", [*P, "--iterations", "1", "--output", "{out}", "--resume"],
+     "nothing to resume"),
+    ("resume without checkpoint", [*P, "--iterations", "1", "--output", "{run}", "--resume"],
+     "no complete checkpoint"),
+    ("resume and overwrite", [*P, "--output", "{run}", "--resume", "--overwrite"],
+     "give one of them"),
+    ("resume without output", [*P, "--resume"], "--resume needs --output"),
+    # evaluate
+    ("evaluate missing checkpoint", ["evaluate", "{out}/nope"], "does not exist"),
+    ("evaluate empty dir", ["evaluate", "{empty}"], "is empty"),
+    ("evaluate torn checkpoint", ["evaluate", "{torn}"], "is incomplete"),
+    ("evaluate zero-byte state", ["evaluate", "{zero}"], "is incomplete"),
+    ("evaluate not a checkpoint", ["evaluate", "{junk}"], "not an RLlib checkpoint"),
+    ("evaluate a file", ["evaluate", "{file}"], "not a directory"),
+    ("evaluate run without checkpoint", ["evaluate", "{run}"], "no complete checkpoint"),
+    ("evaluate 0 episodes", ["evaluate", "{torn}", "--episodes", "0"], "--episodes must be"),
+    ("evaluate bad video type", ["evaluate", "{torn}", "--video", "out.avi"], ".gif or .mp4"),
+    ("evaluate bad render mode", ["evaluate", "{torn}", "--video", "a.gif", "--render",
+                                  "human"], "rgb_array"),
+    # tune
+    ("unknown sweep", ["tune", "nosuch"], "unknown sweep"),
+    ("tune --seeds 0", ["tune", "smoke", "--seeds", "0"], "--seeds must be"),
+    ("tune --iterations 0", ["tune", "smoke", "--iterations", "0"], "--iterations must be"),
+    ("tune --max-concurrent 0", ["tune", "smoke", "--max-concurrent", "0"],
+     "--max-concurrent must be"),
+    ("tune unknown env", ["tune", "smoke", "--env", "nosuch"], "unknown config"),
+    ("tune unknown variant", ["tune", "smoke", "--variant", "huge"], "no variant"),
+    ("tune unwritable storage", ["tune", "smoke", "--storage", "/proc/mbmpo_tune"],
+     "cannot write to --storage"),
+    ("tune bad scheduler", ["tune", "smoke", "--scheduler", "pbt"], "invalid choice"),
+    # plot and the command itself
+    ("plot missing run", ["plot", "{out}/nope"], "nope"),
+    ("plot dir without progress", ["plot", "{empty}"], "progress.csv"),
+    ("no command", [], "required"),
+    ("unknown command", ["fly"], "invalid choice"),
+]
+
+
+@pytest.fixture
+def bad_input_files(tmp_path):
+    from mbmpo_ray.algorithm.checkpoints import save_checkpoint
+
+    (tmp_path / "file").write_text("not a directory")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "progress.csv").write_text("iteration,real_steps\n1,100\n")
+    (tmp_path / "empty").mkdir()
+
+    def fake_save(path):
+        os.makedirs(path)
+        Path(path, "rllib_checkpoint.json").write_text("{}")
+        Path(path, "algorithm_state.pkl").write_bytes(b"x" * 1000)
+
+    torn = save_checkpoint(fake_save, tmp_path / "torn_run", 1)
+    state = torn / "algorithm_state.pkl"
+    state.write_bytes(state.read_bytes()[:100])
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    (zero / "rllib_checkpoint.json").write_text("{}")
+    (zero / "algorithm_state.pkl").write_bytes(b"")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    (tmp_path / "bad.py").write_text("ENV = 'Pendulum-v1'\nPAPER = dict(horizon=\n")
+    (tmp_path / "noenv.py").write_text("PAPER = dict(horizon=20)\n")
+    return {"file": tmp_path / "file", "run": run, "empty": tmp_path / "empty",
+            "torn": torn, "zero": zero, "junk": junk, "badpy": tmp_path / "bad.py",
+            "noenv": tmp_path / "noenv.py", "out": tmp_path / "fresh"}
+
+
+def run_main(argv, capsys):
+    """Exit code and stderr of ``mbmpo-ray argv`` (in this process)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, argv, expected", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_every_bad_input_gets_one_clear_line(case, argv, expected, bad_input_files, capsys):
+    argv = [a.format(**bad_input_files) for a in argv]
+    code, err = run_main(argv, capsys)
+    assert code not in (0, None), f"{case}: accepted"
+    assert "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ": error: " in ln or ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert expected in errors[0], errors[0]
+    assert err.lstrip().startswith("usage: mbmpo-ray"), err
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import mbmpo_ray.cli as cli
+
+    def broken(args):
+        raise RuntimeError("the object store is full\nsecond line")
+
+    monkeypatch.setattr(cli, "build_config", broken)
+    code, err = run_main(["train", "--config", "pendulum"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "mbmpo-ray train: error: RuntimeError: the object store is full second line "
+        "(--debug shows the traceback)"]
+    with pytest.raises(RuntimeError, match="object store"):
+        main(["train", "--config", "pendulum", "--debug"])
+    monkeypatch.undo()
+    with pytest.raises(cli.CLIError, match="unknown config"):
+        main(["train", "--config", "nosuchenv", "--debug"])
+
+
+def test_bad_input_table_is_the_issue_floor():
+    assert len(BAD_INPUTS) >= 36
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_train_checkpoint_evaluate_plot(tmp_path, capsys):
     out = tmp_path / "run_seed0"
@@ -87,13 +259,18 @@ def test_sweep_is_resumable_after_interruption(tmp_path):
             time.sleep(0.5)
         assert proc.poll() is None, "sweep finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        interrupted, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     finished = [p for p in exp.glob("MBMPO_*/result.json")
                 if len(p.read_text().splitlines()) >= 2]
     assert len(finished) == 1, "expected exactly one finished trial before resuming"
+    # Ctrl-C is not success: a non-zero exit, and the unfinished trial is not "ok"
+    assert proc.returncode == 130, interrupted[-3000:]
+    statuses = [ln.split()[-1] for ln in interrupted.split("real steps")[-1].splitlines()[1:3]]
+    assert sorted(statuses) == ["ok", "unfinished"], interrupted[-2000:]
+    assert "--resume" in interrupted
 
     res = subprocess.run(_tune(tmp_path, "--resume"), cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)

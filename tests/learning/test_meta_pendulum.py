@@ -82,6 +82,7 @@ def test_true_dynamics_match_gymnasium() -> None:
         np.testing.assert_allclose(pred.view(3).numpy(), obs, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_meta_policy_optimisation_solves_true_pendulum() -> None:
     seed = 0

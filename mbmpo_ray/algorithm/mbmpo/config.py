@@ -28,6 +28,10 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "real_steps_per_iter": (_POSITIVE, "real env steps per iteration, split over K adapted "
                             "policies"),
     "buffer_capacity": (_POSITIVE, "capacity of the real transition buffer (paper: 1e5)"),
+    "max_abs_real_value": (Rule(float, low=0, open_low=True, optional=True),
+                           "real transitions with a value above this magnitude (an exploding "
+                           "env) are dropped like non-finite ones, and counted (None: keep "
+                           "every finite value)"),
     # dynamics ensemble
     "ensemble_size": (_POSITIVE, "K, dynamics models in the ensemble"),
     "model_hidden_sizes": (Rule(tuple), "hidden layer sizes of every ensemble member"),
@@ -58,12 +62,36 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "init_log_std": (Rule(float), "initial log standard deviation of the policy"),
     "learner_torch_threads": (Rule(int, low=1, optional=True),
                               "torch threads of the meta-learner (None: its CPUs, or 1)"),
+    "max_abs_imagined_return": (Rule(float, low=0, open_low=True, optional=True),
+                                "an imagined return above this magnitude (or a non-finite one) "
+                                "marks the imagination as diverged: that meta step is skipped "
+                                "and flagged (None: only non-finite values)"),
     # reporting
     "eval_episodes_per_iter": (_NON_NEGATIVE, "real episodes per iteration with the pre-update "
                                "policy"),
     "eval_explore": (Rule(bool), "evaluate the stochastic policy as sampled (False: mean "
                      "action)"),
 }
+# RLlib's own settings that MB-MPO relies on (set with .env_runners(), .learners(),
+# .debugging(), .fault_tolerance(), or the CLI's --seed / --num-env-runners): checked by
+# validate() before RLlib's own checks, so a wrong type or value gets one clear line.
+_SECONDS = Rule(float, low=0, open_low=True)
+RLLIB_RULES: dict[str, Rule] = {
+    "num_env_runners": _NON_NEGATIVE,
+    "num_envs_per_env_runner": _POSITIVE,
+    "num_cpus_per_env_runner": Rule(float, low=0),
+    "num_gpus_per_env_runner": Rule(float, low=0),
+    "num_learners": _NON_NEGATIVE,
+    "num_gpus_per_learner": Rule(float, low=0),
+    "seed": Rule(int, low=0, optional=True),
+    "gamma": Rule(float, low=0, high=1, open_low=True),
+    "restart_failed_env_runners": Rule(bool),
+    "max_num_env_runner_restarts": _NON_NEGATIVE,
+    "sample_timeout_s": Rule(float, low=0, open_low=True, optional=True),
+    "env_runner_health_probe_timeout_s": _SECONDS,
+    "env_runner_restore_timeout_s": _SECONDS,
+}
+
 # Settings of MetaConfig and FitConfig that .training() exposes (same names, no renaming).
 META_SETTINGS = ("num_tasks", "inner_lr", "num_inner_steps", "first_order", "gae_lambda",
                  "outer_optimizer", "max_kl", "cg_iters", "cg_damping", "hvp_subsample",
@@ -110,6 +138,7 @@ class MBMPOConfig(AlgorithmConfig):
         self.initial_random_steps: int = 5000
         self.real_steps_per_iter: int = 4000
         self.buffer_capacity: int = 1_000_000
+        self.max_abs_real_value: float | None = 1e8
         # dynamics ensemble and its fit
         self.ensemble_size: int = 5
         self.model_hidden_sizes: tuple[int, ...] = (512, 512)
@@ -148,6 +177,7 @@ class MBMPOConfig(AlgorithmConfig):
         self.policy_activation: str = "tanh"
         self.init_log_std: float = 0.0
         self.learner_torch_threads: int | None = None
+        self.max_abs_imagined_return: float | None = 1e6
         # reporting
         self.eval_episodes_per_iter: int = 5
         self.eval_explore: bool = True
@@ -168,6 +198,7 @@ class MBMPOConfig(AlgorithmConfig):
         initial_random_steps: int = NotProvided,
         real_steps_per_iter: int = NotProvided,
         buffer_capacity: int = NotProvided,
+        max_abs_real_value: float | None = NotProvided,
         ensemble_size: int = NotProvided,
         model_hidden_sizes: tuple[int, ...] = NotProvided,
         model_activation: str = NotProvided,
@@ -203,6 +234,7 @@ class MBMPOConfig(AlgorithmConfig):
         policy_activation: str = NotProvided,
         init_log_std: float = NotProvided,
         learner_torch_threads: int | None = NotProvided,
+        max_abs_imagined_return: float | None = NotProvided,
         eval_episodes_per_iter: int = NotProvided,
         eval_explore: bool = NotProvided,
         **kwargs,
@@ -273,12 +305,17 @@ class MBMPOConfig(AlgorithmConfig):
         Raises:
             ValueError: one line per problem, saying what each setting accepts.
         """
-        super().validate()
+        # ours first: RLlib's checks assume well-typed values
         settings.raise_if(self.problems(), "MBMPOConfig")
+        super().validate()
 
     def problems(self) -> list[str]:
         """Every invalid MB-MPO setting or combination, one line each (empty: valid)."""
         found = settings.problems(self, {k: rule for k, (rule, _) in SETTINGS.items()})
+        found += settings.problems(self, RLLIB_RULES)
+        cpus = self.num_cpus_per_learner
+        if not (cpus == "auto" or Rule(float, low=0).accepts(cpus)):
+            found.append(f"num_cpus_per_learner must be a number >= 0 or 'auto', got {cpus!r}")
         found += self.meta_config.problems() + self.fit_config.problems()
         found += self._env_problems()
         if found:  # the combinations below assume valid single settings

@@ -56,6 +56,7 @@ class MBMPOTorchLearner(TorchLearner):
         action_high: np.ndarray,
         seed: int,
         bounds: StateBounds | None = None,
+        max_abs_return: float | None = None,
     ) -> dict[str, Any]:
         """``meta_steps_per_iter`` meta steps, then the adapted policies theta'_k.
 
@@ -67,10 +68,14 @@ class MBMPOTorchLearner(TorchLearner):
             seed: seeds this call's torch generator (derived from the iteration by the caller,
                 so a restored run draws the same numbers).
             bounds: box imagined transitions are clipped to (None: no clipping).
+            max_abs_return: an imagined return above this magnitude, a non-finite one, or
+                non-finite new parameters mark the imagination as diverged: that meta step's
+                parameter change is discarded, the remaining steps are skipped and every
+                member's "adapted" policy is theta itself (None: non-finite values only).
 
         Returns:
             ``{"history": [diagnostics of every meta step], "adapted_params": [K dicts of
-            numpy arrays, one adapted policy per ensemble member]}``.
+            numpy arrays, one adapted policy per ensemble member], "diverged": "" or why}``.
         """
         cfg = self.config
         module = self.module[DEFAULT_MODULE_ID]
@@ -79,17 +84,30 @@ class MBMPOTorchLearner(TorchLearner):
             ensemble_kwargs, ensemble_state, start_obs, env_spec, action_low, action_high,
             seed, bounds)
         params = {k: v.to(self._device) for k, v in module.policy_params().items()}
-        history = []
+        history, diverged = [], ""
         for _ in range(cfg.meta_steps_per_iter):
-            params, diag = meta_step(policy, params, sampler, meta_cfg)
+            new_params, diag = meta_step(policy, params, sampler, meta_cfg)
             history.append(diag)
+            diverged = _divergence(diag, new_params, max_abs_return)
+            if diverged:
+                break
+            params = new_params
         module.set_policy_params(params)
 
         # Adapted policies theta'_t of the updated theta; member k's is that of its first task.
+        members = first_task_of_each_member(cfg.num_tasks, cfg.ensemble_size)
+        if diverged:
+            theta = {k: v.detach().cpu().numpy() for k, v in params.items()}
+            return {"history": history, "adapted_params": [theta] * len(members),
+                    "diverged": diverged}
         task_params = adapt_policies(policy, params, sampler, meta_cfg)
-        adapted = [{k: v[t].cpu().numpy() for k, v in task_params.items()}
-                   for t in first_task_of_each_member(cfg.num_tasks, cfg.ensemble_size)]
-        return {"history": history, "adapted_params": adapted}
+        adapted = [{k: v[t].cpu().numpy() for k, v in task_params.items()} for t in members]
+        bad = [k for k, v in task_params.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            theta = {k: v.detach().cpu().numpy() for k, v in params.items()}
+            return {"history": history, "adapted_params": [theta] * len(members),
+                    "diverged": f"non-finite adapted parameters {bad}"}
+        return {"history": history, "adapted_params": adapted, "diverged": ""}
 
     def _imagination_sampler(self, ensemble_kwargs, ensemble_state, start_obs, env_spec,
                              action_low, action_high, seed, bounds) -> ImaginationSampler:
@@ -102,7 +120,8 @@ class MBMPOTorchLearner(TorchLearner):
         if self._ensemble is None:
             self._ensemble = DynamicsEnsemble(**ensemble_kwargs).to(dev)
         self._ensemble.load_state_dict(ensemble_state)
-        as_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
+        # a copy: object-store arrays are read-only, which torch warns about
+        as_tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
         return ImaginationSampler(
             self._ensemble,
             self.module[DEFAULT_MODULE_ID].policy,
@@ -118,3 +137,18 @@ class MBMPOTorchLearner(TorchLearner):
             deterministic_model=cfg.deterministic_model_rollouts,
             bounds=None if bounds is None else bounds.to(device=dev, dtype=torch.float32),
         )
+
+
+def _divergence(diag: dict[str, Any], new_params: dict[str, torch.Tensor],
+                max_abs_return: float | None) -> str:
+    """Why a meta step's imagination diverged ("" if it did not)."""
+    for key in ("pre_return_mean", "post_return_mean"):
+        value = float(diag.get(key, 0.0))
+        if not np.isfinite(value):
+            return f"imagined {key}={value}"
+        if max_abs_return is not None and abs(value) > max_abs_return:
+            return f"imagined {key}={value:.3g} beyond max_abs_imagined_return={max_abs_return:g}"
+    bad = [k for k, v in new_params.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"non-finite policy parameters {bad} after the meta step"
+    return ""

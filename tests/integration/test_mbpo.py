@@ -1,0 +1,275 @@
+"""MBPO on local Ray with tiny configs (seconds per iteration)."""
+
+import numpy as np
+import pytest
+import torch
+
+import tune_configs
+from mbmpo_ray import MBPO, MBPOConfig
+from mbmpo_ray.envs import SUPPORTED_ENV_IDS
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+SMOKE = tune_configs.training_settings("pendulum", "smoke", algo="mbpo")[1]
+RANDOM, FREQ = SMOKE["initial_random_steps"], SMOKE["model_train_freq"]
+
+
+def tiny(env="Pendulum-v1", **overrides):
+    return tune_configs.load_config("pendulum", "smoke", algo="mbpo",
+                                    **overrides).environment(env)
+
+
+def learner(algo):
+    return algo.learner_group._learner
+
+
+def assert_nested_equal(a, b, path="state"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_nested_equal(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_nested_equal(x, y, f"{path}/{i}")
+    elif isinstance(a, (np.ndarray, torch.Tensor)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("env_id", SUPPORTED_ENV_IDS)
+def test_smoke_every_supported_env(env_id):
+    algo = tiny(env_id).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        assert result["num_env_steps_sampled_lifetime"] == len(algo.buffer) == RANDOM + 2 * FREQ
+        assert result["num_real_steps_lifetime"] == RANDOM + 2 * FREQ
+        assert result["num_model_steps_lifetime"] > 0
+        assert result["num_sac_updates_lifetime"] == 2 * FREQ * SMOKE["updates_per_step"]
+        assert np.isfinite(result["episode_return_mean"])
+        assert np.isfinite(result["model"]["val_loss_mean"])
+        sac = result["learners"]["default_policy"]
+        for key in ("qf_loss", "policy_loss", "alpha_value", "alpha_loss"):
+            assert np.isfinite(sac[key]), key
+        for phase in ("fit_models", "model_rollouts", "sample_real", "sac_updates",
+                      "evaluate_real"):
+            assert result["timers"][phase] > 0, phase
+    finally:
+        algo.stop()
+
+
+def test_observation_dims_hidden_from_the_policy():
+    algo = tiny("HalfCheetah-v5").build_algo()
+    try:
+        module = learner(algo).module["default_policy"]
+        # HalfCheetah-v5 keeps x in the observation (18 dims) for the model reward only
+        assert algo.buffer.obs_dim == 18 and module.observation_space.shape == (17,)
+        assert module.qf_encoder.net.mlp[0].in_features == 17 + 6  # one MLP on [obs, act]
+    finally:
+        algo.stop()
+
+
+def test_block_of_one_and_updates_per_step():
+    algo = tiny(env_steps_per_block=1, updates_per_step=3, model_train_freq=10).build_algo()
+    try:
+        result = algo.train()
+        assert algo.mbpo_counters["blocks"] == 10
+        assert result["num_sac_updates_lifetime"] == 30
+        assert result["learners"]["default_policy"]["num_target_updates"] == 30
+        assert len(algo.buffer) == RANDOM + 10
+    finally:
+        algo.stop()
+
+
+def test_mixed_batches_and_target_updates_follow_mbpo():
+    """One SAC step per gradient step, target Polyak with tau after each, real_ratio rows."""
+    algo = tiny(real_ratio=0.25, tau=0.5).build_algo()
+    try:
+        algo.train()
+        lrn = learner(algo)
+        assert lrn.config.batch_split() == (64, 192)  # int(256 * 0.25) real rows
+        module = lrn.module["default_policy"]
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        lrn.train_block(new_real=None, num_updates=1, seed=3)
+        after = module.state_dict()
+        for main, target in (("qf_encoder", "target_qf_encoder"), ("qf", "target_qf")):
+            for k in (k for k in before if k.startswith(main + ".")):
+                t = target + k[len(main):]
+                expected = 0.5 * after[k] + 0.5 * before[t]
+                torch.testing.assert_close(after[t], expected)
+    finally:
+        algo.stop()
+
+
+def test_one_backward_pass_gives_rllib_sac_gradients():
+    """MBPOTorchLearner sums RLlib's SAC losses into one backward pass; the gradients of
+    every parameter (policy, both critics, log_alpha) equal SACTorchLearner's per-optimiser
+    passes exactly."""
+    from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
+    from ray.rllib.core.columns import Columns
+
+    algo = tiny("Hopper-v5").build_algo()
+    try:
+        algo.train()
+        lrn = learner(algo)
+        rows = lrn._real.take(torch.arange(64))
+        ones = torch.ones(64)
+        batch = {"default_policy": {
+            Columns.OBS: rows["obs"], Columns.ACTIONS: rows["act"],
+            Columns.REWARDS: rows["reward"], Columns.NEXT_OBS: rows["next_obs"],
+            Columns.TERMINATEDS: rows["done"], "n_step": ones, "weights": ones}}
+
+        def grads(compute):
+            torch.manual_seed(0)
+            losses = lrn.compute_losses(fwd_out=lrn.module.forward_train(batch), batch=batch)
+            return {k: v.clone() for k, v in compute(losses).items() if v is not None}
+
+        ours = grads(lrn.compute_gradients)
+        rllib = grads(lambda losses: SACTorchLearner.compute_gradients(lrn, losses))
+        assert set(ours) == set(rllib) and len(ours) > 10
+        for k in ours:
+            torch.testing.assert_close(ours[k], rllib[k], rtol=0, atol=0)
+    finally:
+        algo.stop()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    algo = tiny().build_algo()
+    try:
+        algo.train()
+        algo.save_to_path(str(tmp_path))
+        restored = MBPO.from_checkpoint(str(tmp_path))
+        try:
+            a, b = learner(algo), learner(restored)
+            # policy, critics and target critics
+            for k, v in a.module["default_policy"].state_dict().items():
+                assert torch.equal(v, b.module["default_policy"].state_dict()[k]), k
+            assert any(k.startswith("target_qf") for k in a.module["default_policy"].state_dict())
+            # entropy coefficient (RLlib's SAC does not checkpoint it) and optimiser states
+            assert torch.equal(a.curr_log_alpha["default_policy"],
+                               b.curr_log_alpha["default_policy"])
+            assert float(a.curr_log_alpha["default_policy"].detach()) != 0.0  # it was trained
+            assert_nested_equal(a._get_optimizer_state(), b._get_optimizer_state())
+            # ensemble (weights, normalisers, elites) and its Adam states
+            for k, v in algo.fitter.ensemble.state_dict().items():
+                assert torch.equal(v, restored.fitter.ensemble.state_dict()[k]), k
+            assert_nested_equal(algo.fitter.optimizer_states, restored.fitter.optimizer_states)
+            # both buffers and the counters
+            assert_nested_equal(algo.buffer.get_state(), restored.buffer.get_state())
+            assert_nested_equal(a.model_buffer_state(), b.model_buffer_state())
+            assert len(b._real) == len(restored.buffer)  # the Learner's copy of real data
+            assert restored.mbpo_counters == algo.mbpo_counters
+            assert restored.iteration == algo.iteration == 1
+            # the restored run continues
+            r1, r2 = algo.train(), restored.train()
+            assert (r1["num_real_steps_lifetime"] == r2["num_real_steps_lifetime"]
+                    == RANDOM + 2 * FREQ)
+            assert r2["num_env_steps_sampled_lifetime"] == RANDOM + 2 * FREQ
+            assert restored.iteration == 2
+        finally:
+            restored.stop()
+    finally:
+        algo.stop()
+
+
+def test_evaluate():
+    algo = tiny().build_algo()
+    try:
+        algo.train()
+        res = algo.evaluate(num_episodes=2)
+        assert len(res["episode_returns"]) == 2 and np.isfinite(res["episode_return_mean"])
+        assert res["episode_lengths"] == [SMOKE["horizon"]] * 2
+    finally:
+        algo.stop()
+
+
+def test_remote_runners_remote_learner_and_model_trainers():
+    cfg = (tiny(num_model_trainers=2, num_cpus_per_model_trainer=0)
+           .env_runners(num_env_runners=2, num_cpus_per_env_runner=0)
+           .learners(num_learners=1, num_cpus_per_learner=0))
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        assert len(algo.buffer) == RANDOM + FREQ
+        assert algo.fitter.ensemble.elite_indices.numel() == SMOKE["num_elites"]
+        assert np.isfinite(result["episode_return_mean"])
+        assert np.isfinite(result["learners"]["default_policy"]["qf_loss"])
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(num_elites=5, ensemble_size=3), "num_elites=5 > ensemble_size=3"),
+        (dict(real_ratio=1.5), "real_ratio"),
+        (dict(rollout_schedule=(100, 20, 1, 1)), "rollout_schedule"),
+        (dict(updates_per_step=0), "updates_per_step"),
+        (dict(env_steps_per_block=100, model_train_freq=50), "env_steps_per_block=100"),
+        (dict(actor_lr=-1.0), "actor_lr"),
+        (dict(model_activation="sigmoid"), "model_activation"),
+        (dict(target_entropy="high"), "target_entropy"),
+    ],
+)
+def test_validate_rejects_bad_settings(settings, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**settings).validate()
+
+
+def test_validate_lists_every_problem_one_per_line():
+    cfg = tiny(real_ratio=2.0, updates_per_step=-1, model_lr=0.0)
+    assert len(cfg.problems()) == 3
+    with pytest.raises(ValueError, match=r"3 invalid setting\(s\)"):
+        cfg.validate()
+
+
+def test_validate_rejects_env_without_model_functions():
+    with pytest.raises(ValueError, match="register_model_functions"):
+        MBPOConfig().environment("MountainCarContinuous-v0").validate()
+
+
+def test_derived_settings():
+    cfg = MBPOConfig()
+    assert cfg.batch_split() == (12, 244)  # the reference: int(256 * 0.05) real rows
+    assert cfg.model_buffer_capacity(1) == 400_000  # 400 x 250 rollouts x 4 refits per epoch
+    hopper = tune_configs.load_config("hopper", "paper", algo="mbpo")
+    assert hopper.rollout_length(5000) == 1  # random steps come before epoch 0
+    assert hopper.rollout_length(5000 + 60_000) == 8  # epoch 60 of the ramp 20 -> 100
+    assert hopper.rollout_length(10**6) == 15
+
+
+@pytest.mark.parametrize("name", sorted(tune_configs.ENV_CONFIGS))
+def test_every_mbpo_env_config_validates(name):
+    for variant in ("default", "smoke"):
+        config = tune_configs.load_config(name, variant, algo="mbpo")
+        assert isinstance(config, MBPOConfig)
+        config.validate()
+        assert config.model_env_id == tune_configs.ENV_CONFIGS[name]
+    assert tune_configs.stop_timesteps(name, "default", algo="mbpo") > 0
+
+
+def test_registered_with_tune():
+    from ray.tune.registry import get_trainable_cls
+
+    assert get_trainable_cls("MBPO") is MBPO
+
+
+def test_tune_runs_registered_name(tmp_path):
+    from ray import tune
+
+    from mbmpo_ray.tuning import get_sweep, param_space, trainable_name
+
+    sweep = get_sweep("mbpo_smoke")
+    config, space = param_space(sweep)
+    assert isinstance(config, MBPOConfig) and trainable_name(sweep) == "MBPO"
+    tuner = tune.Tuner(
+        "MBPO",
+        param_space=config.to_dict() | {"real_ratio": 0.5},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), stop={"training_iteration": 1}, verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    assert results[0].metrics["num_real_steps_lifetime"] == RANDOM + FREQ

@@ -1,0 +1,51 @@
+"""MBPO end to end (fixed seeds): InvertedPendulum-v5 >= 950 within 5,000 real steps and
+Pendulum-v1 (horizon 200) better than -250 within 4,000 real steps.
+
+A run stops as soon as an iteration's evaluation (3 episodes, mean action) reaches the target
+and a fresh 10-episode evaluation confirms it. Minutes on two cores, hence `slow`.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+import tune_configs
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+
+def learn(name: str, budget: int, target: float, seed: int = 0):
+    algo = tune_configs.load_config(name, "default", algo="mbpo", seed=seed).build_algo()
+    t0, history, confirmed = time.perf_counter(), [], None
+    try:
+        while True:
+            result = algo.train()
+            steps = int(result["num_real_steps_lifetime"])
+            ret = result["episode_return_mean"]
+            history.append((steps, ret))
+            print(f"{steps:6d} real steps: return {ret:8.1f} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+            if ret >= target:
+                confirmed = algo.evaluate(num_episodes=10)["episode_returns"]
+                print(f"confirmation over 10 episodes: {np.mean(confirmed):.1f}", flush=True)
+                if np.mean(confirmed) >= target:
+                    break
+            if steps >= budget:
+                break
+    finally:
+        algo.stop()
+    return steps, history, confirmed, time.perf_counter() - t0
+
+
+def test_inverted_pendulum_reaches_950_within_5k_real_steps():
+    steps, history, confirmed, secs = learn("inverted_pendulum", 5000, 950.0)
+    print(f"InvertedPendulum-v5: {steps} real steps, {secs:.0f} s")
+    assert steps <= 5000 and confirmed is not None and np.mean(confirmed) >= 950, history
+
+
+def test_pendulum_better_than_minus_250_within_4k_real_steps():
+    steps, history, confirmed, secs = learn("pendulum", 4000, -250.0)
+    print(f"Pendulum-v1: {steps} real steps, {secs:.0f} s")
+    assert history[0][1] < -500  # the first policy (after 1,000 random steps) is far off
+    assert steps <= 4000 and confirmed is not None and np.mean(confirmed) > -250, history
