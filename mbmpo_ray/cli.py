@@ -2,6 +2,7 @@
 
     mbmpo-ray train --config pendulum --output runs/pendulum
     mbmpo-ray train --env HalfCheetah-v5 --set num_model_trainers=2 --stop-timesteps 100000
+    mbmpo-ray train --algo mbpo --config hopper --variant paper --output runs/mbpo_hopper
     mbmpo-ray tune alpha --address auto
     mbmpo-ray evaluate runs/pendulum/checkpoint --episodes 10
     mbmpo-ray plot runs/pendulum runs/other --out curves.png
@@ -41,7 +42,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 _OPTION_FOR = {"num_env_runners": "--num-env-runners", "seed": "--seed"}
 
 
-def _unknown_keys_message(unknown: list[str], valid) -> str:
+def _unknown_keys_message(unknown: list[str], valid, algo: str = "mbmpo") -> str:
     import difflib
 
     hints = []
@@ -52,7 +53,8 @@ def _unknown_keys_message(unknown: list[str], valid) -> str:
             hints.append(f"{key}: did you mean {close[0]}?")
     hint = f" ({'; '.join(hints)})" if hints else ""
     return (f"unknown --set key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}; "
-            "`mbmpo-ray train --list-settings` lists them all")
+            f"`mbmpo-ray train{' --algo mbpo' if algo == 'mbpo' else ''} --list-settings` "
+            "lists them all")
 
 
 def _problems(e: Exception) -> str:
@@ -76,27 +78,41 @@ def _check_counts(args: argparse.Namespace, minimum: dict[str, int]) -> None:
             raise CLIError(f"{option} must be an integer >= {low}, got {value}")
 
 
+def _algo(args: argparse.Namespace) -> str:
+    """--algo, mbmpo when not given (and not restated from a run's run.json)."""
+    return getattr(args, "algo", None) or "mbmpo"
+
+
+def _setting_docs(algo: str) -> dict[str, str]:
+    if algo == "mbpo":
+        from mbmpo_ray.algorithm.mbpo.config import setting_docs
+    else:
+        from mbmpo_ray.algorithm.mbmpo.config import setting_docs
+    return setting_docs()
+
+
 def build_config(args: argparse.Namespace):
-    """MBMPOConfig from --config/--env, --variant, --set, --seed and --num-env-runners,
-    validated (every problem reported, one line each) before anything starts."""
+    """MBMPOConfig (``--algo mbpo``: MBPOConfig) from --config/--env, --variant, --set, --seed
+    and --num-env-runners, validated (every problem reported, one line each) before anything
+    starts."""
     import tune_configs
-    from mbmpo_ray.algorithm.mbmpo.config import setting_docs
 
     _check_counts(args, {"stop_timesteps": 1, "iterations": 1})
+    algo = _algo(args)
     overrides = _parse_set(args.set)
-    valid = setting_docs()
+    valid = _setting_docs(algo)
     unknown = sorted(k for k in overrides if k not in valid)
     if unknown:
-        raise CLIError(_unknown_keys_message(unknown, valid))
+        raise CLIError(_unknown_keys_message(unknown, valid, algo))
     name = args.config or args.env
     if name is None:
         raise CLIError("give --config NAME|PATH or --env ENV_ID")
     try:
-        config = tune_configs.load_config(name, args.variant, **overrides)
+        config = tune_configs.load_config(name, args.variant, algo=algo, **overrides)
         if args.config and args.env:
             config.environment(args.env)
         stop = (args.stop_timesteps if args.stop_timesteps is not None
-                else tune_configs.stop_timesteps(name, args.variant))
+                else tune_configs.stop_timesteps(name, args.variant, algo=algo))
     except (ValueError, FileNotFoundError, TypeError) as e:
         raise CLIError(_problems(e)) from None
     except Exception as e:  # a config file that does not run (syntax error, missing ENV...)
@@ -127,19 +143,22 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
         ray.init(include_dashboard=False, **{"log_to_driver": False, **kwargs})
 
 
-def list_settings() -> str:
-    """Every ``--set`` key with its default and one-line doc."""
-    from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig, setting_docs
+def list_settings(algo: str = "mbmpo") -> str:
+    """Every ``--set`` key of ``algo`` with its default and one-line doc."""
+    if algo == "mbpo":
+        from mbmpo_ray.algorithm.mbpo.config import MBPOConfig as Config
+    else:
+        from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig as Config
 
-    defaults = MBMPOConfig()
-    width = max(map(len, setting_docs()))
+    defaults, docs = Config(), _setting_docs(algo)
+    width = max(map(len, docs))
     return "\n".join(f"{name:<{width}}  {getattr(defaults, name)!r:<12}  {doc}"
-                     for name, doc in sorted(setting_docs().items()))
+                     for name, doc in sorted(docs.items()))
 
 
 # how a run was started (run.json), restated by --resume unless given again
-_RUN_ARGS = ("config", "env", "variant", "set", "seed", "num_env_runners", "stop_timesteps",
-             "iterations")
+_RUN_ARGS = ("algo", "config", "env", "variant", "set", "seed", "num_env_runners",
+             "stop_timesteps", "iterations")
 
 
 def _prepare_run(args: argparse.Namespace):
@@ -160,6 +179,11 @@ def _prepare_run(args: argparse.Namespace):
                 raise CLIError("--resume needs --output DIR, the run directory to continue")
             ckpt = ck.resume_checkpoint(args.output)
             info = ck.read_run_info(args.output)
+            run_algo = info.get("algo") or "mbmpo"  # runs from before --algo are MB-MPO's
+            if getattr(args, "algo", None) not in (None, run_algo):
+                raise CLIError(f"{args.output} is a {run_algo} run: resume it with --algo "
+                               f"{run_algo} (or without --algo)")
+            args.algo = run_algo
             restate = args.config is None and args.env is None
             for key in _RUN_ARGS:
                 if key in info and (getattr(args, key) is None or
@@ -174,7 +198,8 @@ def _prepare_run(args: argparse.Namespace):
     try:
         if ckpt is None:
             ck.prepare_new_run(out, overwrite=overwrite)
-            ck.write_run_info(out, {key: getattr(args, key) for key in _RUN_ARGS})
+            args.algo = _algo(args)
+            ck.write_run_info(out, {key: getattr(args, key, None) for key in _RUN_ARGS})
         else:
             ck.trim_progress(out, (ck.read_manifest(ckpt) or {}).get("iteration", 0))
     except ck.RunDirError as e:
@@ -217,7 +242,7 @@ def _save(algo, out: Path, args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train until ``--stop-timesteps`` real steps (or ``--iterations``)."""
     if args.list_settings:
-        print(list_settings())
+        print(list_settings(_algo(args)))
         return 0
     config, stop, out, resume_from = _prepare_run(args)
     if resume_from is not None and (why := _finished(resume_from, stop, args.iterations)):
@@ -225,11 +250,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from mbmpo_ray.progress import TrainingReporter, run_banner
 
-    title = f"MB-MPO on {config.model_env_id}"
+    algo_name = _algo(args)
+    title = f"{'MBPO' if algo_name == 'mbpo' else 'MB-MPO'} on {config.model_env_id}"
     reporter = TrainingReporter(
         out, stop_steps=stop, stop_iterations=args.iterations,
         steps_per_iter=config.real_steps_per_iter, plain=args.plain, title=title,
-        append=bool(getattr(args, "resume", False)))
+        append=bool(getattr(args, "resume", False)), algo=algo_name)
     reporter.start(run_banner(config, stop, args.iterations, out))
     try:
         reporter.status("starting Ray")
@@ -251,7 +277,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = algo.train()
             mid_iteration = False
             reporter.record(result)
-            it, steps = result["training_iteration"], result["num_real_steps_lifetime"]
+            it = result["training_iteration"]
+            steps = result.get("num_real_steps_lifetime",
+                               result.get("num_env_steps_sampled_lifetime", 0))
             done = (args.iterations is not None and it >= args.iterations) or (
                 stop is not None and steps >= stop
             )
@@ -283,7 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
-    """Render ``episodes`` real episodes of the pre-update policy (mean action) to a video.
+    """Render ``episodes`` real episodes of the pre-update policy (MBPO: the SAC policy; mean
+    action) to a video.
 
     ``.gif`` needs only imageio (installed with gymnasium); ``.mp4`` needs the ``video`` extra
     (``pip install 'mbmpo-ray[video]'``, imageio-ffmpeg). Returns the number of frames.
@@ -307,8 +336,17 @@ def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
                            "(or write a .gif)") from None
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
     cfg = algo.config
-    module = algo.get_module()
-    params = module.policy_params()
+    if hasattr(algo, "mbpo_counters"):  # MBPO: env-space mean action of its SAC policy
+        def act(obs):
+            return algo.policy_action(np.asarray(obs, dtype=np.float32), explore=False)
+    else:
+        module = algo.get_module()
+        params = module.policy_params()
+
+        def act(obs):
+            with torch.no_grad():
+                return module.policy.deterministic_action(
+                    params, torch.as_tensor(obs, dtype=torch.float32)).numpy()
     env = make_env(cfg.model_env_id, horizon=cfg.horizon, render_mode=render_mode)
     low, high = env.action_space.low, env.action_space.high
     frames = []
@@ -318,10 +356,7 @@ def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
             frames.append(env.render())
             done = False
             while not done:
-                with torch.no_grad():
-                    act = module.policy.deterministic_action(
-                        params, torch.as_tensor(obs, dtype=torch.float32))
-                obs, _, term, trunc, _ = env.step(np.clip(act.numpy(), low, high))
+                obs, _, term, trunc, _ = env.step(np.clip(act(obs), low, high))
                 frames.append(env.render())
                 done = term or trunc
     except Exception as e:  # no OpenGL / display: say so instead of a traceback
@@ -364,19 +399,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         res = algo.evaluate(num_episodes=args.episodes,
                             explore=False if args.mean_action else None)
-        iters, steps = algo.iteration, algo.mbmpo_counters.get("real_steps", 0)
+        mbpo = hasattr(algo, "mbpo_counters")
+        counters = algo.mbpo_counters if mbpo else algo.mbmpo_counters
+        iters, steps = algo.iteration, counters.get("real_steps", 0)
         env_id, K = algo.config.model_env_id, algo.config.ensemble_size
+        # MBPO evaluates as its checkpoint's eval_explore says (default: the mean action)
+        explore = res.get("explore", getattr(algo.config, "eval_explore", False))
         if args.video:
             n = record_video(algo, Path(args.video), args.render)
-            print(f"video: {args.video} ({n} frames, mean action of the pre-update policy)")
+            print(f"video: {args.video} ({n} frames, mean action of the "
+                  f"{'SAC' if mbpo else 'pre-update'} policy)")
     finally:
         algo.stop()
-    mode = ("sampled from the Gaussian policy, as in training" if res["explore"]
-            else "the policy's mean action (--mean-action)")
-    print(f"{path}: {env_id} after {iters} iterations, {int(steps):,} real steps")
+    mode = ("sampled from the Gaussian policy, as in training" if explore
+            else "the policy's mean action" + (" (--mean-action)" if args.mean_action else ""))
+    print(f"{path}: {env_id} after {iters} iterations, {int(steps):,} real steps"
+          + (" (MBPO)" if mbpo else ""))
+    if mbpo and args.mean_action and explore:
+        print("note: --mean-action is not applied to MBPO checkpoints with eval_explore=True")
     print(f"actions: {mode}; real-env returns:")
-    print(f"pre-update policy: mean return {_spread(res['episode_returns'])}")
-    if "post_adaptation_return_mean" in res:
+    label = "policy:" if mbpo else "pre-update policy:"
+    print(f"{label} mean return {_spread(res['episode_returns'])}")
+    if "post_adaptation_episode_returns" in res:
         print(f"adapted policies:  mean return {_spread(res['post_adaptation_episode_returns'])}"
               f"\n                   (theta after one inner step on each of the {K} models; "
               "episodes spread over them)")
@@ -454,8 +498,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="config module in tune_configs/ (pendulum, halfcheetah, hopper, "
                             "...) or a .py file (default: the module of --env)")
         p.add_argument("--variant", default="default",
-                       help="config variant: default, paper or smoke (default: default, "
-                            "which is paper where a config has no DEFAULT)")
+                       help="config variant: default, paper or smoke; with --algo mbpo "
+                            "also mbrl_lib for halfcheetah, hopper and walker2d (default: "
+                            "default, which is paper where a config has no DEFAULT)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a training setting, repeatable, e.g. --set "
                             "inner_lr=0.005 (default: the config's; --list-settings shows "
@@ -467,9 +512,14 @@ def make_parser() -> argparse.ArgumentParser:
                             "(default: the config's, 0)")
         add_ray_args(p)
 
-    p = add_parser("train", "train MB-MPO with a live progress display",
-                   "Train MB-MPO: one line per iteration on the screen, progress.csv, "
-                   "TensorBoard events,\ncheckpoints and learning_curve.png in --output.")
+    p = add_parser("train", "train MB-MPO (or MBPO) with a live progress display",
+                   "Train MB-MPO (--algo mbpo: MBPO): one line per iteration on the screen, "
+                   "progress.csv,\nTensorBoard events, checkpoints and learning_curve.png in "
+                   "--output.")
+    p.add_argument("--algo", choices=["mbmpo", "mbpo"], default=None,
+                   help="algorithm: mbmpo (MB-MPO) or mbpo (MBPO; configs from "
+                        "tune_configs/mbpo_<name>.py) (default: mbmpo; with --resume: the "
+                        "run's)")
     p.add_argument("--env", metavar="ENV_ID",
                    help="gymnasium env id, e.g. HalfCheetah-v5 (default: the --config's env; "
                         "with --config: run that config on this env)")
@@ -505,7 +555,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = add_parser("tune", "run or resume a Tune sweep from tune_configs/sweeps.py",
                    "Run a sweep (grid over a paper knob x seeds) with Ray Tune; print a "
                    "results table\nand the best checkpoint.")
-    p.add_argument("sweep", help="sweep name: alpha, ensemble_size, horizon or smoke")
+    p.add_argument("sweep", help="sweep name: alpha, ensemble_size, horizon or smoke; MBPO: "
+                                 "mbpo_rollout_length, mbpo_real_ratio, mbpo_updates_per_step, "
+                                 "mbpo_ensemble_size or mbpo_smoke")
     p.add_argument("--env", metavar="CONFIG",
                    help="run the sweep on this env config, e.g. halfcheetah (default: the "
                         "sweep's)")
@@ -533,7 +585,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = add_parser("evaluate", "evaluate a checkpoint on the real env",
                    "Real-env returns (mean ± std over episodes, min, max) of a checkpoint's "
-                   "pre-update\npolicy and of its adapted policies.")
+                   "pre-update\npolicy and of its adapted policies (an MBPO checkpoint: of "
+                   "its SAC policy).")
     p.add_argument("checkpoint", help="checkpoint directory, e.g. runs/pendulum/checkpoint")
     p.add_argument("--episodes", type=int, default=10, metavar="N",
                    help="episodes per policy kind (the adapted ones spread over the models)")

@@ -94,7 +94,8 @@ def row_from_result(result: dict[str, Any], elapsed_s: float | None = None) -> d
         "return_pre_update_std": result.get("episode_return_std"),
         "return_adapted": result.get("post_adaptation_return_mean"),
         "return_adapted_std": result.get("post_adaptation_return_std"),
-        "return_sampled": result.get("sample_return_mean"),
+        # MBPO logs its training episodes' return as train_return_mean
+        "return_sampled": result.get("sample_return_mean", result.get("train_return_mean")),
         "return_random": result.get("random_return_mean"),
         "model_val_loss": model.get("val_loss_mean"),
         "model_epochs": model.get("epochs_mean"),
@@ -106,6 +107,12 @@ def row_from_result(result: dict[str, Any], elapsed_s: float | None = None) -> d
         "time_meta": timers.get("meta_update"),
         "time_eval": timers.get("evaluate_real"),
         "time_iter": result.get("time_this_iter_s"),
+        # display only (not in progress.csv): MBPO's progress line
+        "rollout_length": result.get("rollout_length"),
+        "qf_loss": learner.get("qf_loss"),
+        "alpha": learner.get("alpha_value"),
+        "time_rollouts": timers.get("model_rollouts"),
+        "time_sac": timers.get("sac_updates"),
     }
 
 
@@ -313,6 +320,40 @@ def progress_line(row: dict[str, Any], eta_s: float | None = None) -> str:
     )[:LINE_WIDTH]
 
 
+# MBPO's line: no adapted policies or meta update; its SAC critic loss, the model rollout
+# length k and the SAC phases instead (missing values: '-')
+_MBPO_COLS = "{it:<8} {steps:>9} {ret:>14} {loss:>8} {qf:>8} {k:>3} {ts:>5} {tf:>5} {tr:>5} " \
+             "{tq:>5} {te:>5} {ti:>6} {eta:>7}"
+MBPO_HEADER = "\n".join([
+    _MBPO_COLS.format(it="", steps="real", ret="return", loss="model", qf="Q", k="", ts="",
+                      tf="", tr="", tq="", te="", ti="", eta="").rstrip(),
+    _MBPO_COLS.format(it="iter", steps="steps", ret="eval", loss="loss", qf="loss", k="k",
+                      ts="smpl", tf="fit", tr="roll", tq="sac", te="eval", ti="total",
+                      eta="ETA"),
+])
+MBPO_LEGEND = (
+    "eval: real-env return of the SAC policy (its mean action unless eval_explore) after "
+    "this\niteration; k: model rollout length. Seconds per phase: real sampling, model fit, "
+    "model\nrollouts, SAC updates, evaluation."
+)
+
+
+def mbpo_progress_line(row: dict[str, Any], eta_s: float | None = None) -> str:
+    """One MBPO iteration in at most :data:`LINE_WIDTH` columns (see :data:`MBPO_HEADER`)."""
+    eta = "done" if eta_s == 0 else fmt_duration(eta_s)
+    k = finite(row.get("rollout_length"))
+    return _MBPO_COLS.format(
+        it=f"iter {_int(row.get('iteration')):>3}",
+        steps=f"{_int(row.get('real_steps')):,}",
+        ret=fmt_return(row.get("return_pre_update"), row.get("return_pre_update_std")),
+        loss=fmt_loss(row.get("model_val_loss")), qf=fmt_loss(row.get("qf_loss")),
+        k="-" if k is None else f"{k:.0f}",
+        ts=fmt_seconds(row.get("time_sample")), tf=fmt_seconds(row.get("time_fit")),
+        tr=fmt_seconds(row.get("time_rollouts")), tq=fmt_seconds(row.get("time_sac")),
+        te=fmt_seconds(row.get("time_eval")), ti=fmt_seconds(row.get("time_iter")), eta=eta,
+    )[:LINE_WIDTH]
+
+
 def eta_seconds(iteration_times: Sequence[float], *, iteration: int, real_steps: int,
                 stop_steps: int | None, stop_iterations: int | None,
                 steps_per_iter: int) -> float | None:
@@ -335,10 +376,24 @@ def eta_seconds(iteration_times: Sequence[float], *, iteration: int, real_steps:
 # ---------------------------------------------------------------------------- summary
 def run_banner(config, stop_steps: int | None, stop_iterations: int | None,
                out: str | Path) -> str:
-    """The lines printed before training: the env, the MB-MPO sizes, the stop and the output."""
+    """The lines printed before training: the env, the MB-MPO (or MBPO) sizes, the stop and
+    the output."""
     stop = " or ".join(s for s in (
         plural(stop_steps, "real step") if stop_steps else "",
         plural(stop_iterations, "iteration") if stop_iterations is not None else "") if s)
+    if not hasattr(config, "num_tasks"):  # MBPOConfig
+        first = getattr(config, "initial_random_steps", 0) or 0
+        return "\n".join([
+            f"MBPO on {config.model_env_id}",
+            f"  {config.ensemble_size} dynamics models ({config.num_elites} elites); "
+            f"{config.rollouts_per_step} model rollouts per real step, rollout schedule "
+            f"{tuple(config.rollout_schedule)}",
+            f"  per iteration: {plural(config.real_steps_per_iter, 'real step')}"
+            + (f" (the first also {plural(first, 'random step')})" if first else "")
+            + f", {config.updates_per_step} SAC updates per step, real_ratio "
+            f"{config.real_ratio}",
+            f"  stop at {stop}; output in {out}/",
+        ])
     return "\n".join([
         f"MB-MPO on {config.model_env_id}",
         f"  {config.ensemble_size} dynamics models; each meta step imagines "
@@ -351,8 +406,12 @@ def run_banner(config, stop_steps: int | None, stop_iterations: int | None,
 
 
 def summary_items(rows: Sequence[dict[str, Any]], *, wall_s: float,
-                  files: dict[str, Any], status: str) -> tuple[str, list[tuple[str, str]]]:
-    """The closing summary: a title and (label, value) lines."""
+                  files: dict[str, Any], status: str,
+                  algo: str = "mbmpo") -> tuple[str, list[tuple[str, str]]]:
+    """The closing summary: a title and (label, value) lines (``algo="mbpo"``: no adapted
+    policies or meta update; the return is the SAC policy's)."""
+    mbpo = algo == "mbpo"
+    policy = "" if mbpo else "pre-update "
     done = [r for r in rows if finite(r.get("iteration")) is not None]
     if not done:
         return f"no iteration completed ({status})", [
@@ -365,24 +424,29 @@ def summary_items(rows: Sequence[dict[str, Any]], *, wall_s: float,
     if scored:
         best = max(scored, key=lambda r: r["return_pre_update"])
         best_return = fmt_return(best["return_pre_update"], best.get("return_pre_update_std"))
-        items.append(("best pre-update return",
+        items.append((f"best {policy}return",
                       f"{best_return.strip()}   (iteration {_int(best['iteration'])}, "
                       f"{_int(best.get('real_steps')):,} real steps)"))
-    items.append(("final pre-update return",
+    items.append((f"final {policy}return",
                   fmt_return(last.get("return_pre_update"),
                              last.get("return_pre_update_std")).strip()))
-    items.append(("final adapted return",
-                  fmt_return(last.get("return_adapted"), last.get("return_adapted_std")).strip()
-                  + "   (the same iteration's theta after one inner step)"))
+    if not mbpo:
+        items.append(("final adapted return",
+                      fmt_return(last.get("return_adapted"),
+                                 last.get("return_adapted_std")).strip()
+                      + "   (the same iteration's theta after one inner step)"))
     random = [r["return_random"] for r in done if finite(r.get("return_random")) is not None]
     if random:
         items.append(("random-action return", f"{fmt_num(random[0]).strip()}   (baseline)"))
     items.append(("real env steps", f"{_int(last.get('real_steps')):,} learned from, "
                                      f"{_int(last.get('eval_steps')):,} in evaluation"))
-    items.append(("imagined steps", f"{_int(last.get('imagined_steps')):,}"))
+    items.append(("model steps" if mbpo else "imagined steps",
+                  f"{_int(last.get('imagined_steps')):,}"))
+    keys = ((("sample", "sample"), ("fit", "fit"), ("rollouts", "rollouts"), ("sac", "sac"),
+             ("eval", "eval")) if mbpo else
+            (("sample", "sample"), ("fit", "fit"), ("meta", "meta"), ("eval", "eval")))
     phases = {name: sum(finite(r.get(f"time_{key}")) or 0.0 for r in done)
-              for name, key in (("sample", "sample"), ("fit", "fit"), ("meta", "meta"),
-                                ("eval", "eval"))}
+              for name, key in keys}
     total = sum(phases.values())
     in_iters = sum(finite(r.get("time_iter")) or 0.0 for r in done)
     share = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in phases.items()) if total else ""
@@ -402,8 +466,10 @@ class PlainDisplay:
     """Plain lines (logs, ``ray job logs``, ``--plain``): the header again every
     :data:`HEADER_EVERY` iterations."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, header: str = HEADER,
+                 legend: str = LEGEND):
         self.stream = stream or sys.stdout
+        self.header, self.legend = header, legend
         self._n = 0
 
     def _print(self, text: str) -> None:
@@ -411,11 +477,11 @@ class PlainDisplay:
 
     def start(self, banner: str, total: int | None, unit: str) -> None:
         self._print(banner)
-        self._print(LEGEND)
+        self._print(self.legend)
 
     def iteration(self, line: str, completed: int, eta: str) -> None:
         if self._n % HEADER_EVERY == 0:
-            self._print(HEADER)
+            self._print(self.header)
         self._n += 1
         self._print(line)
 
@@ -436,10 +502,11 @@ class RichDisplay:
     """``rich`` on a terminal: the same lines scrolling above a progress bar (real steps or
     iterations to go, elapsed, ETA), and the summary as a panel."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, header: str = HEADER, legend: str = LEGEND):
         from rich.console import Console
 
         self.console = console or Console(highlight=False)
+        self.header, self.legend = header, legend
         self._progress = None
         self._task = None
         self._n = 0
@@ -455,7 +522,7 @@ class RichDisplay:
         )
 
         self.console.print(banner, style="bold", no_wrap=False)
-        self.console.print(LEGEND, style="dim")
+        self.console.print(self.legend, style="dim")
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30),
             MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
@@ -467,7 +534,8 @@ class RichDisplay:
 
     def iteration(self, line: str, completed: int, eta: str) -> None:
         if self._n % HEADER_EVERY == 0:
-            self.console.print(HEADER, style="bold cyan", no_wrap=True, overflow="crop")
+            self.console.print(self.header, style="bold cyan", no_wrap=True,
+                               overflow="crop")
         self._n += 1
         self.console.print(line, no_wrap=True, overflow="crop")
         if self._progress is not None:
@@ -518,14 +586,19 @@ class TrainingReporter:
 
     def __init__(self, out_dir: str | Path, *, stop_steps: int | None,
                  stop_iterations: int | None, steps_per_iter: int, plain: bool | None = None,
-                 append: bool = False, tensorboard: bool = True, title: str = "MB-MPO"):
+                 append: bool = False, tensorboard: bool = True, title: str = "MB-MPO",
+                 algo: str = "mbmpo"):
         self.out = Path(out_dir)
+        self.algo = algo
+        mbpo = algo == "mbpo"
+        self._line = mbpo_progress_line if mbpo else progress_line
         self.stop_steps, self.stop_iterations = stop_steps, stop_iterations
         self.steps_per_iter = steps_per_iter
         self.title = title
         self.csv = ProgressCSV(self.out / "progress.csv", append=append)
         self.tb = TensorBoardWriter(self.out) if tensorboard else None
-        self.display = PlainDisplay() if use_plain(plain) else RichDisplay()
+        layout = dict(header=MBPO_HEADER, legend=MBPO_LEGEND) if mbpo else {}
+        self.display = PlainDisplay(**layout) if use_plain(plain) else RichDisplay(**layout)
         self.rows: list[dict[str, Any]] = list(self.csv.previous)
         self._times: list[float] = []
         self._t0 = time.monotonic()
@@ -552,7 +625,7 @@ class TrainingReporter:
                           stop_iterations=self.stop_iterations,
                           steps_per_iter=self.steps_per_iter)
         completed = _int(row["real_steps"]) if self.stop_steps else _int(row["iteration"])
-        self.display.iteration(progress_line(row, eta), completed,
+        self.display.iteration(self._line(row, eta), completed,
                                "done" if eta == 0 else fmt_duration(eta))
         return row
 
@@ -588,7 +661,7 @@ class TrainingReporter:
             listed["tensorboard"] = f"tensorboard --logdir {self.out}"
         listed.update(files or {})
         title, items = summary_items(self.rows, wall_s=self.elapsed, files=listed,
-                                     status=status)
+                                     status=status, algo=self.algo)
         self.display.summary(f"{self.title}: {title}", items)
         self.display.close()
         return png
@@ -608,6 +681,7 @@ class TrainingReporter:
 #: CLI can do nothing about. ``--verbose`` keeps them.
 RAY_NOISE = (
     ("ray.rllib.algorithms.algorithm_config", "on the new API stack"),
+    ("ray.rllib.algorithms.sac.sac", "running SAC on the new API stack"),  # MBPO's config
     ("ray._private.authentication.authentication_token_setup",
      "Token authentication is enabled for this Ray cluster"),
     ("ray._common.deprecation", "RLModuleConfig"),  # RLlib's own RLModule constructor

@@ -271,8 +271,8 @@ def save_checkpoint(
 
 def save_algorithm(algo, run_dir: str | os.PathLike, *, keep: int = 2) -> Path:
     """:func:`save_checkpoint` of an Algorithm at its current iteration."""
-    extra = {"num_real_steps_lifetime": int(getattr(algo, "mbmpo_counters", {})
-                                            .get("real_steps", 0))}
+    counters = getattr(algo, "mbmpo_counters", None) or getattr(algo, "mbpo_counters", {})
+    extra = {"num_real_steps_lifetime": int(counters.get("real_steps", 0))}
     return save_checkpoint(algo.save_to_path, run_dir, algo.iteration, keep=keep, extra=extra)
 
 

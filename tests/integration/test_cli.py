@@ -278,3 +278,27 @@ def test_sweep_is_resumable_after_interruption(tmp_path):
     assert "resuming" in res.stdout
     table = res.stdout.split("real steps")[-1]
     assert table.count(" ok") == 2, res.stdout[-2000:]
+
+
+def test_train_and_evaluate_mbpo(tmp_path):
+    """`train --algo mbpo` writes a row per iteration and a checkpoint; `evaluate` restores it
+    (the smoke variant stops at 150 real steps, reached in the first iteration: a higher
+    --stop-timesteps lets --iterations 2 decide)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "mbpo"
+    cli = [sys.executable, "-m", "mbmpo_ray"]
+    res = subprocess.run([*cli, "train", "--algo", "mbpo", "--config", "pendulum", "--variant",
+                          "smoke", "--iterations", "2", "--stop-timesteps", "1000",
+                          "--output", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "MBPO on Pendulum-v1" in res.stdout and "iter   2" in res.stdout
+    rows = list(csv.DictReader(open(out / "progress.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    assert rows[0]["return_pre_update"] and rows[0]["return_adapted"] == ""
+    assert any((out / "checkpoint").iterdir())
+
+    res = subprocess.run([*cli, "evaluate", str(out), "--episodes", "1"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "policy: mean return" in res.stdout and "adapted" not in res.stdout

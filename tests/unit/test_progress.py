@@ -296,3 +296,33 @@ def test_every_cli_option_has_help_that_states_its_default():
     train = " ".join(parser.subcommands["train"].format_help().split())
     assert "--seed SEED random seed of the run (default: the config's, 0)" in train
     assert "save a checkpoint every N iterations, 0: only at the end (default: 1)" in train
+
+
+def test_mbpo_line_banner_and_summary_render_missing_values_as_dashes(tmp_path):
+    """MBPO results (no adapted policies, no meta update) never crash the display."""
+    from types import SimpleNamespace
+
+    result = {"training_iteration": 2, "num_real_steps_lifetime": 5250.0,
+              "episode_return_mean": -150.0, "train_return_mean": -300.0,
+              "rollout_length": 1.0, "model": {"val_loss_mean": 0.02},
+              "learners": {"default_policy": {"qf_loss": 3.5, "alpha_value": 0.2}},
+              "timers": {"sample_real": 1.0, "fit_models": 2.0, "model_rollouts": 0.5,
+                         "sac_updates": 30.0, "evaluate_real": 0.2},
+              "time_this_iter_s": 34.0}
+    for res in (result, {}, {"training_iteration": 1}):
+        row = row_from_result(res)
+        line = progress.mbpo_progress_line(row, None)
+        assert len(line) <= LINE_WIDTH and "nan" not in line
+    row = row_from_result(result)
+    assert row["return_sampled"] == -300.0 and row["return_adapted"] is None
+    assert "3.5000" in progress.mbpo_progress_line(row, 60.0)
+    config = SimpleNamespace(model_env_id="Hopper-v5", ensemble_size=7, num_elites=5,
+                             rollouts_per_step=400, rollout_schedule=(20, 100, 1, 15),
+                             real_steps_per_iter=250, initial_random_steps=5000,
+                             updates_per_step=20, real_ratio=0.05, horizon=None)
+    banner = progress.run_banner(config, 100_000, None, tmp_path)
+    assert banner.startswith("MBPO on Hopper-v5") and "5,000 random steps" in banner
+    title, items = summary_items([row], wall_s=40.0, files={}, status="finished", algo="mbpo")
+    labels = dict(items)
+    assert "final adapted return" not in labels and "meta" not in labels["wall clock"]
+    assert labels["final return"] == "-150.0"
