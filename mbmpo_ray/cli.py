@@ -239,6 +239,31 @@ def _save(algo, out: Path, args: argparse.Namespace) -> None:
     save_algorithm(algo, out, keep=getattr(args, "keep_checkpoints", 2))
 
 
+def _train_until_done(algo, reporter, args, stop, out, run: dict) -> None:
+    """``train()`` until the stop condition, checkpointing every ``--checkpoint-every``
+    iterations. Keeps ``run["status"]`` and ``run["mid_iteration"]`` (inside ``train()``: an
+    interrupted ``train()`` leaves no state worth a checkpoint) current for the caller."""
+    try:
+        while True:
+            run["mid_iteration"] = True
+            result = algo.train()
+            run["mid_iteration"] = False
+            reporter.record(result)
+            it = result["training_iteration"]
+            steps = result.get("num_real_steps_lifetime",
+                               result.get("num_env_steps_sampled_lifetime", 0))
+            done = (args.iterations is not None and it >= args.iterations) or (
+                stop is not None and steps >= stop)
+            if args.checkpoint_every and it % args.checkpoint_every == 0:
+                _save(algo, out, args)
+            if done:
+                run["status"] = "finished"
+                return
+    except KeyboardInterrupt:
+        run["status"] = "interrupted"
+        reporter.message("interrupted: saving a checkpoint and the plot")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train until ``--stop-timesteps`` real steps (or ``--iterations``)."""
     if args.list_settings:
@@ -269,32 +294,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         reporter.close()
         raise
     ckpt = out / "checkpoint"
-    status = "stopped by an error"
-    mid_iteration = False  # an interrupted train() leaves no state worth a checkpoint
+    run = {"status": "stopped by an error", "mid_iteration": False}
     try:
-        while True:
-            mid_iteration = True
-            result = algo.train()
-            mid_iteration = False
-            reporter.record(result)
-            it = result["training_iteration"]
-            steps = result.get("num_real_steps_lifetime",
-                               result.get("num_env_steps_sampled_lifetime", 0))
-            done = (args.iterations is not None and it >= args.iterations) or (
-                stop is not None and steps >= stop
-            )
-            if args.checkpoint_every and it % args.checkpoint_every == 0:
-                _save(algo, out, args)
-            if done:
-                status = "finished"
-                break
-    except KeyboardInterrupt:
-        status = "interrupted"
-        reporter.message("interrupted: saving a checkpoint and the plot")
+        _train_until_done(algo, reporter, args, stop, out, run)
     finally:
         try:
             try:
-                if mid_iteration:
+                if run["mid_iteration"]:
                     from mbmpo_ray.algorithm.checkpoints import latest_checkpoint
 
                     last = latest_checkpoint(out)
@@ -305,7 +311,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             finally:
                 algo.stop()
         finally:
-            reporter.finish(status, files={
+            reporter.finish(run["status"], files={
                 "checkpoint": f"{ckpt}/   (mbmpo-ray evaluate {ckpt})"})
     return 0
 
@@ -474,45 +480,43 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
         return super()._get_help_string(action)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mbmpo-ray", formatter_class=_HelpFormatter,
-        description="Model-Based Meta-Policy Optimization (MB-MPO) on Ray RLlib.",
-        epilog="`mbmpo-ray COMMAND --help` shows each command's options.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description,
+                          formatter_class=_HelpFormatter)
 
-    def add_parser(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description,
-                              formatter_class=_HelpFormatter)
 
-    def add_ray_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--address", metavar="ADDR",
-                       help="Ray cluster to join: auto (the local cluster's head), "
-                            "ray://host:10001 (default: start a local Ray for this command)")
-        p.add_argument("--verbose", action="store_true",
-                       help="show Ray's start-up messages and the workers' output "
-                            "(default: hidden)")
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join: auto (the local cluster's head), "
+                        "ray://host:10001 (default: start a local Ray for this command)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's start-up messages and the workers' output "
+                        "(default: hidden)")
 
-    def add_run_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", metavar="NAME|PATH",
-                       help="config module in tune_configs/ (pendulum, halfcheetah, hopper, "
-                            "...) or a .py file (default: the module of --env)")
-        p.add_argument("--variant", default="default",
-                       help="config variant: default, paper or smoke; with --algo mbpo "
-                            "also mbrl_lib for halfcheetah, hopper and walker2d (default: "
-                            "default, which is paper where a config has no DEFAULT)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a training setting, repeatable, e.g. --set "
-                            "inner_lr=0.005 (default: the config's; --list-settings shows "
-                            "every key and its default)")
-        p.add_argument("--seed", type=int,
-                       help="random seed of the run (default: the config's, 0)")
-        p.add_argument("--num-env-runners", type=int, metavar="N",
-                       help="Ray actors sampling the real env, 0 samples on the driver "
-                            "(default: the config's, 0)")
-        add_ray_args(p)
 
-    p = add_parser("train", "train MB-MPO (or MBPO) with a live progress display",
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="NAME|PATH",
+                   help="config module in tune_configs/ (pendulum, halfcheetah, hopper, "
+                        "...) or a .py file (default: the module of --env)")
+    p.add_argument("--variant", default="default",
+                   help="config variant: default, paper or smoke; with --algo mbpo "
+                        "also mbrl_lib for halfcheetah, hopper and walker2d (default: "
+                        "default, which is paper where a config has no DEFAULT)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting, repeatable, e.g. --set "
+                        "inner_lr=0.005 (default: the config's; --list-settings shows "
+                        "every key and its default)")
+    p.add_argument("--seed", type=int,
+                   help="random seed of the run (default: the config's, 0)")
+    p.add_argument("--num-env-runners", type=int, metavar="N",
+                   help="Ray actors sampling the real env, 0 samples on the driver "
+                        "(default: the config's, 0)")
+    _add_ray_args(p)
+
+
+def _train_parser(sub) -> None:
+    """The ``train`` command's options."""
+    p = _add_command(sub, "train", "train MB-MPO (or MBPO) with a live progress display",
                    "Train MB-MPO (--algo mbpo: MBPO): one line per iteration on the screen, "
                    "progress.csv,\nTensorBoard events, checkpoints and learning_curve.png in "
                    "--output.")
@@ -523,7 +527,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", metavar="ENV_ID",
                    help="gymnasium env id, e.g. HalfCheetah-v5 (default: the --config's env; "
                         "with --config: run that config on this env)")
-    add_run_args(p)
+    _add_run_args(p)
     p.add_argument("--stop-timesteps", type=int, metavar="N",
                    help="stop after N real env steps (default: the config variant's, e.g. "
                         "10,000 for pendulum)")
@@ -552,7 +556,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="print every --set key with its default and doc, then exit")
     p.set_defaults(func=cmd_train)
 
-    p = add_parser("tune", "run or resume a Tune sweep from tune_configs/sweeps.py",
+
+def _tune_parser(sub) -> None:
+    """The ``tune`` command's options."""
+    p = _add_command(sub, "tune", "run or resume a Tune sweep from tune_configs/sweeps.py",
                    "Run a sweep (grid over a paper knob x seeds) with Ray Tune; print a "
                    "results table\nand the best checkpoint.")
     p.add_argument("sweep", help="sweep name: alpha, ensemble_size, horizon or smoke; MBPO: "
@@ -580,10 +587,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="continue the experiment in --storage/--name if it exists")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="trials running at once (default: as many as the resources allow)")
-    add_ray_args(p)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_tune)
 
-    p = add_parser("evaluate", "evaluate a checkpoint on the real env",
+
+def _evaluate_parser(sub) -> None:
+    """The ``evaluate`` command's options."""
+    p = _add_command(sub, "evaluate", "evaluate a checkpoint on the real env",
                    "Real-env returns (mean ± std over episodes, min, max) of a checkpoint's "
                    "pre-update\npolicy and of its adapted policies (an MBPO checkpoint: of "
                    "its SAC policy).")
@@ -597,10 +607,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also record one episode of the pre-update policy (mean action) to "
                         "this .gif or .mp4 file (default: no video)")
     p.add_argument("--render", default="rgb_array", help="render mode for --video")
-    add_ray_args(p)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = add_parser("plot", "learning curves (mean and spread over seeds) as one PNG",
+
+def _plot_parser(sub) -> None:
+    """The ``plot`` command's options."""
+    p = _add_command(sub, "plot", "learning curves (mean and spread over seeds) as one PNG",
                    "Plot real-env return vs real steps of one or more runs; runs named "
                    "<name>_seedN\nare averaged into one curve.")
     p.add_argument("runs", nargs="+", metavar="RUN",
@@ -610,6 +623,17 @@ def make_parser() -> argparse.ArgumentParser:
                         "for one run, the runs' common parent/learning_curves.png for "
                         "several)")
     p.set_defaults(func=cmd_plot)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mbmpo-ray", formatter_class=_HelpFormatter,
+        description="Model-Based Meta-Policy Optimization (MB-MPO) on Ray RLlib.",
+        epilog="`mbmpo-ray COMMAND --help` shows each command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add in (_train_parser, _tune_parser, _evaluate_parser, _plot_parser):
+        add(sub)
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true",
                        help="on an error, show the full Python traceback")

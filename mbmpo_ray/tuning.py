@@ -105,14 +105,11 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
     # the classic reporter prints a compact table (the new one dumps the full config)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     import mbmpo_ray  # noqa: F401  (registers "MBMPO")
 
     plan = plan or prepare_sweep(args)
     sweep, iterations = plan["sweep"], plan["iterations"]
-    storage, name = plan["storage"], plan["name"]
 
     if not ray.is_initialized():
         if args.address:
@@ -120,43 +117,7 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
 
-    exp_path = storage / name
-    if args.resume and tune.Tuner.can_restore(str(exp_path)):
-        print(f"resuming {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable_name(sweep),
-                                   resume_errored=True)
-    else:
-        config, space = plan["config"], plan["space"]
-        param = config.to_dict()
-        param.update(space)
-        scheduler = None
-        if args.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=iterations,
-                                      grace_period=max(1, iterations // 4))
-        tuner = tune.Tuner(
-            trainable_name(sweep),
-            param_space=param,
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", scheduler=scheduler,
-                max_concurrent_trials=args.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(storage),
-                stop={"training_iteration": iterations},
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=1, checkpoint_at_end=True, num_to_keep=2
-                ),
-                verbose=1,
-                progress_reporter=tune.CLIReporter(
-                    parameter_columns=[*sweep["grid"], "seed"],
-                    metric_columns={"training_iteration": "iter",
-                                    "num_real_steps_lifetime": "real steps",
-                                    METRIC: "return"},
-                    max_report_frequency=30,
-                ),
-            ),
-        )
+    tuner = _make_tuner(args, plan)
     watch = _InterruptWatch()
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(watch)
@@ -172,6 +133,46 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
               "sweep", flush=True)
         return 130 if watch.seen else 1
     return 1 if results.errors else 0
+
+
+def _make_tuner(args: argparse.Namespace, plan: dict[str, Any]):
+    """A Tuner restoring the experiment (``--resume``, if it exists) or starting it."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    sweep, iterations = plan["sweep"], plan["iterations"]
+    storage, name = plan["storage"], plan["name"]
+    exp_path = storage / name
+    if args.resume and tune.Tuner.can_restore(str(exp_path)):
+        print(f"resuming {exp_path}", flush=True)
+        return tune.Tuner.restore(str(exp_path), trainable=trainable_name(sweep),
+                                  resume_errored=True)
+    param = plan["config"].to_dict()
+    param.update(plan["space"])
+    scheduler = None
+    if args.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=iterations,
+                                  grace_period=max(1, iterations // 4))
+    return tune.Tuner(
+        trainable_name(sweep),
+        param_space=param,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=args.max_concurrent),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            stop={"training_iteration": iterations},
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=1, checkpoint_at_end=True, num_to_keep=2),
+            verbose=1,
+            progress_reporter=tune.CLIReporter(
+                parameter_columns=[*sweep["grid"], "seed"],
+                metric_columns={"training_iteration": "iter",
+                                "num_real_steps_lifetime": "real steps", METRIC: "return"},
+                max_report_frequency=30,
+            ),
+        ),
+    )
 
 
 class _InterruptWatch(logging.Handler):

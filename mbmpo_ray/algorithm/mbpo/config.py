@@ -141,6 +141,8 @@ class MBPOConfig(SACConfig):
     """
 
     def __init__(self, algo_class=None):
+        # One flat list of every setting's default, as RLlib's own configs do: longer than
+        # 60 lines, but it reads better whole (one place to look a default up).
         from mbmpo_ray.algorithm.mbpo.algorithm import MBPO
 
         super().__init__(algo_class=algo_class or MBPO)
