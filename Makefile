@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The main job: a short MB-MPO training run on Pendulum-v1 (local Ray, live progress, plot at the end)
+## Each run gets its own directory (runs/pendulum-<time>), so no earlier run is overwritten.
 run: $(STAMP)
-	$(VENV)/bin/mbmpo-ray train --config pendulum --output runs/pendulum
+	$(VENV)/bin/mbmpo-ray train --config pendulum --output runs/pendulum-$$(date +%Y%m%d-%H%M%S)
 
 ## The test suite (fast tiers; learning tests marked `slow` are excluded)
 test: $(STAMP)

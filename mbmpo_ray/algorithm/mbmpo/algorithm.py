@@ -20,13 +20,12 @@ from ray.rllib.utils.metrics import (
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
 )
-from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+from mbmpo_ray.algorithm.common import ModelBasedAlgorithmMixin
 from mbmpo_ray.algorithm.fitting import EnsembleFitter
 from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig
 from mbmpo_ray.algorithm.sampling import RealSampler, iteration_seed, job_seed
 from mbmpo_ray.buffer import TransitionBuffer
-from mbmpo_ray.envs import EnvCreator
 from mbmpo_ray.imagination import StateBounds
 
 MBMPO_STATE = "mbmpo"
@@ -40,7 +39,7 @@ def new_counters() -> dict[str, int]:
 _LAST = {"reduce": "mean", "window": 1}  # phase timers report this iteration's seconds
 
 
-class MBMPO(Algorithm):
+class MBMPO(ModelBasedAlgorithmMixin, Algorithm):
     """Model-Based Meta-Policy Optimization (Clavera et al. 2018) as an RLlib Algorithm.
 
     One ``train()`` call is one paper iteration, five timed calls (see ``training_step``):
@@ -58,40 +57,13 @@ class MBMPO(Algorithm):
     def get_default_config(cls) -> MBMPOConfig:
         return MBMPOConfig()
 
-    @classmethod
-    @override(Algorithm)
-    def default_resource_request(cls, config):
-        """RLlib's bundles (driver, env runners, learners) plus one per model-trainer actor,
-        so a Tune trial reserves everything it starts and sweeps pack onto a cluster."""
-        pgf = super().default_resource_request(config)
-        cfg = cls.get_default_config().update_from_dict(
-            config if isinstance(config, dict) else config.to_dict()
-        )
-        extra = [{"CPU": cfg.num_cpus_per_model_trainer}] * cfg.num_model_trainers
-        extra = [b for b in extra if b["CPU"] > 0]
-        if not extra:
-            return pgf
-        return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
-
-    @staticmethod
-    @override(Algorithm)
-    def _get_env_id_and_creator(env_specifier, config):
-        # A restored config already carries our EnvCreator (a callable, not a class).
-        if isinstance(env_specifier, EnvCreator):
-            return env_specifier.spec.env_id, env_specifier
-        return Algorithm._get_env_id_and_creator(env_specifier, config)
-
     @override(Algorithm)
     def setup(self, config: MBMPOConfig) -> None:
         # Every actor builds the env from a creator that carries the env's model functions.
-        # (RLlib's setup reads self.config, the Algorithm's own copy.)
-        self.config = self.config.copy(copy_frozen=False)
-        self.config.env = self.config.env_creator()
-        self.config.freeze()
+        env = self._use_env_creator()
         super().setup(self.config)
         cfg = self.config
         self.env_spec = cfg.env_spec()
-        env = cfg.env(cfg.env_config)
         cfg.validate_spaces(env.observation_space, env.action_space)
         obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
         self._act_low = env.action_space.low.astype(np.float32)

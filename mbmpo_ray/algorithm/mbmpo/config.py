@@ -10,7 +10,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
 from mbmpo_ray import settings
-from mbmpo_ray.envs import EnvCreator, EnvSpec, UnsupportedEnvError, get_env_spec
+from mbmpo_ray.algorithm.common import ModelEnvConfigMixin
 from mbmpo_ray.meta import MetaConfig
 from mbmpo_ray.models import FitConfig
 from mbmpo_ray.models.ensemble import ACTIVATIONS as MODEL_ACTIVATIONS
@@ -109,7 +109,7 @@ def setting_docs() -> dict[str, str]:
     return docs
 
 
-class MBMPOConfig(AlgorithmConfig):
+class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
     """Configuration of :class:`~mbmpo_ray.MBMPO` (Clavera et al. 2018).
 
     Builder use, as for any RLlib algorithm::
@@ -280,23 +280,6 @@ class MBMPOConfig(AlgorithmConfig):
                     hidden_sizes=tuple(self.model_hidden_sizes),
                     activation=self.model_activation, probabilistic=self.probabilistic_model)
 
-    @property
-    def model_env_id(self) -> str | None:
-        """The gymnasium id of the env (``config.env`` is the id or, inside a built algorithm,
-        an :class:`~mbmpo_ray.envs.EnvCreator` carrying its spec)."""
-        return self.env.spec.env_id if isinstance(self.env, EnvCreator) else self.env
-
-    def env_spec(self) -> EnvSpec:
-        """The env's model functions: carried by the env creator, else looked up by id."""
-        if isinstance(self.env, EnvCreator):
-            return self.env.spec
-        return get_env_spec(self.env)
-
-    def env_creator(self) -> EnvCreator:
-        """A picklable env creator carrying the spec, so every actor builds the env (and the
-        Learner computes rewards) without the registry of this process."""
-        return EnvCreator(self.env_spec(), self.horizon)
-
     # ------------------------------------------------------------------ validation
     @override(AlgorithmConfig)
     def validate(self) -> None:
@@ -317,7 +300,7 @@ class MBMPOConfig(AlgorithmConfig):
         if not (cpus == "auto" or Rule(float, low=0).accepts(cpus)):
             found.append(f"num_cpus_per_learner must be a number >= 0 or 'auto', got {cpus!r}")
         found += self.meta_config.problems() + self.fit_config.problems()
-        found += self._env_problems()
+        found += self.env_problems("MBMPO")
         if found:  # the combinations below assume valid single settings
             return found
         K = self.ensemble_size
@@ -332,18 +315,6 @@ class MBMPOConfig(AlgorithmConfig):
             found.append("MBMPO runs its meta-learner on one Learner: use "
                          ".learners(num_learners=0 or 1)")
         return found
-
-    def _env_problems(self) -> list[str]:
-        env_id = self.model_env_id
-        if not isinstance(env_id, str):
-            return ["MBMPO needs a gymnasium env id string, e.g. .environment('Pendulum-v1'); "
-                    f"got env={self.env!r}. For your own env, gym-register it and call "
-                    "mbmpo_ray.envs.register_model_functions(env_id, reward_fn, termination_fn)"]
-        try:
-            self.env_spec()
-        except UnsupportedEnvError as e:
-            return [f"MBMPO needs model reward/termination functions: {e}"]
-        return []
 
     def validate_spaces(self, obs_space: gym.Space, act_space: gym.Space) -> None:
         """Reject spaces MB-MPO does not support, saying why."""

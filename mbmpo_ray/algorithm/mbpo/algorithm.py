@@ -19,13 +19,12 @@ from ray.rllib.utils.metrics import (
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
     TIMERS,
 )
-from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+from mbmpo_ray.algorithm.common import ModelBasedAlgorithmMixin
 from mbmpo_ray.algorithm.fitting import EnsembleFitter
 from mbmpo_ray.algorithm.mbpo.config import MBPOConfig
 from mbmpo_ray.algorithm.sampling import episodes_to_arrays, iteration_seed, job_seed
 from mbmpo_ray.buffer import TransitionBuffer
-from mbmpo_ray.envs import EnvCreator
 from mbmpo_ray.imagination import StateBounds
 
 MBPO_STATE = "mbpo"
@@ -53,7 +52,7 @@ def sample_block(runner, num_timesteps: int, random_actions: bool, seed: int | N
     return out
 
 
-class MBPO(Algorithm):
+class MBPO(ModelBasedAlgorithmMixin, Algorithm):
     """Model-Based Policy Optimization (Janner et al. 2019) as an RLlib Algorithm.
 
     One ``train()`` call is one model-refit cycle, ``model_train_freq`` real steps (the first
@@ -85,35 +84,12 @@ class MBPO(Algorithm):
     def get_default_config(cls) -> MBPOConfig:
         return MBPOConfig()
 
-    @classmethod
-    @override(Algorithm)
-    def default_resource_request(cls, config):
-        """RLlib's bundles plus one per model-trainer actor (as MBMPO)."""
-        pgf = super().default_resource_request(config)
-        cfg = cls.get_default_config().update_from_dict(
-            config if isinstance(config, dict) else config.to_dict())
-        extra = [{"CPU": cfg.num_cpus_per_model_trainer}] * cfg.num_model_trainers
-        extra = [b for b in extra if b["CPU"] > 0]
-        if not extra:
-            return pgf
-        return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
-
-    @staticmethod
-    @override(Algorithm)
-    def _get_env_id_and_creator(env_specifier, config):
-        if isinstance(env_specifier, EnvCreator):
-            return env_specifier.spec.env_id, env_specifier
-        return Algorithm._get_env_id_and_creator(env_specifier, config)
-
     @override(Algorithm)
     def setup(self, config: MBPOConfig) -> None:
-        self.config = self.config.copy(copy_frozen=False)
-        self.config.env = self.config.env_creator()
-        self.config.freeze()
+        env = self._use_env_creator()  # every actor builds the env from an EnvCreator
         super().setup(self.config)
         cfg = self.config
         self.env_spec = cfg.env_spec()
-        env = cfg.env(cfg.env_config)
         cfg.validate_spaces(env.observation_space, env.action_space)
         obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
         self._act_low = env.action_space.low.astype(np.float32)

@@ -12,8 +12,9 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 
 from mbmpo_ray import settings
+from mbmpo_ray.algorithm.common import ModelEnvConfigMixin
 from mbmpo_ray.buffer import ModelBuffer
-from mbmpo_ray.envs import EnvCreator, EnvSpec, UnsupportedEnvError, get_env_spec
+from mbmpo_ray.envs import UnsupportedEnvError
 from mbmpo_ray.imagination import rollout_length
 from mbmpo_ray.models import FitConfig
 from mbmpo_ray.models.ensemble import ACTIVATIONS as MODEL_ACTIVATIONS
@@ -107,7 +108,7 @@ def setting_docs() -> dict[str, str]:
     return docs
 
 
-class MBPOConfig(SACConfig):
+class MBPOConfig(ModelEnvConfigMixin, SACConfig):
     """Configuration of :class:`~mbmpo_ray.MBPO` (Janner et al. 2019).
 
     Builder use, as for any RLlib algorithm::
@@ -314,22 +315,6 @@ class MBPOConfig(SACConfig):
         n_real = int(self.train_batch_size_per_learner * self.real_ratio)
         return n_real, self.train_batch_size_per_learner - n_real
 
-    @property
-    def model_env_id(self) -> str | None:
-        """The gymnasium id of the env (``config.env`` is the id or, inside a built algorithm,
-        an :class:`~mbmpo_ray.envs.EnvCreator` carrying its spec)."""
-        return self.env.spec.env_id if isinstance(self.env, EnvCreator) else self.env
-
-    def env_spec(self) -> EnvSpec:
-        """The env's model functions: carried by the env creator, else looked up by id."""
-        if isinstance(self.env, EnvCreator):
-            return self.env.spec
-        return get_env_spec(self.env)
-
-    def env_creator(self) -> EnvCreator:
-        """A picklable env creator carrying the spec (see ``MBMPOConfig.env_creator``)."""
-        return EnvCreator(self.env_spec(), self.horizon)
-
     # ------------------------------------------------------------------ validation
     @override(SACConfig)
     def validate(self) -> None:
@@ -347,7 +332,7 @@ class MBPOConfig(SACConfig):
                                          if k != "rollout_schedule"})  # checked below
         found += settings.problems(self, {k: rule for k, (rule, _) in SAC_SETTINGS.items()})
         found += self.fit_config.problems()
-        found += self._env_problems()
+        found += self.env_problems("MBPO")
         s = self.rollout_schedule
         if not (isinstance(s, (tuple, list)) and len(s) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in s)
@@ -377,18 +362,6 @@ class MBPOConfig(SACConfig):
             found.append("MBPO runs its SAC updates on one Learner: use "
                          ".learners(num_learners=0 or 1)")
         return found
-
-    def _env_problems(self) -> list[str]:
-        env_id = self.model_env_id
-        if not isinstance(env_id, str):
-            return ["MBPO needs a gymnasium env id string, e.g. .environment('Pendulum-v1'); "
-                    f"got env={self.env!r}. For your own env, gym-register it and call "
-                    "mbmpo_ray.envs.register_model_functions(env_id, reward_fn, termination_fn)"]
-        try:
-            self.env_spec()
-        except UnsupportedEnvError as e:
-            return [f"MBPO needs model reward/termination functions: {e}"]
-        return []
 
     def validate_spaces(self, obs_space: gym.Space, act_space: gym.Space) -> None:
         """Reject spaces MBPO does not support, saying why."""

@@ -1,0 +1,79 @@
+"""RLlib glue shared by both model-based algorithms: how the env reaches every actor (an
+:class:`~mbmpo_ray.envs.EnvCreator` carrying the model functions) and the trial resources of
+the model-trainer actors."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from mbmpo_ray.envs import EnvCreator, EnvSpec, UnsupportedEnvError, get_env_spec
+
+
+class ModelEnvConfigMixin:
+    """For an ``AlgorithmConfig`` with ``env`` (an id, or an EnvCreator once built) and
+    ``horizon``: the env's id, its model functions and the creator the actors build it from."""
+
+    @property
+    def model_env_id(self) -> str | None:
+        """The gymnasium id of the env (``config.env`` is the id or, inside a built algorithm,
+        an :class:`~mbmpo_ray.envs.EnvCreator` carrying its spec)."""
+        return self.env.spec.env_id if isinstance(self.env, EnvCreator) else self.env
+
+    def env_spec(self) -> EnvSpec:
+        """The env's model functions: carried by the env creator, else looked up by id."""
+        if isinstance(self.env, EnvCreator):
+            return self.env.spec
+        return get_env_spec(self.env)
+
+    def env_creator(self) -> EnvCreator:
+        """A picklable env creator carrying the spec, so every actor builds the env (and the
+        Learner computes model rewards) without the registry of this process."""
+        return EnvCreator(self.env_spec(), self.horizon)
+
+    def env_problems(self, algo_name: str) -> list[str]:
+        """One line if the env is not an id with registered model functions, else none."""
+        if not isinstance(self.model_env_id, str):
+            return [f"{algo_name} needs a gymnasium env id string, e.g. .environment("
+                    f"'Pendulum-v1'); got env={self.env!r}. For your own env, gym-register it "
+                    "and call mbmpo_ray.envs.register_model_functions(env_id, reward_fn, "
+                    "termination_fn)"]
+        try:
+            self.env_spec()
+        except UnsupportedEnvError as e:
+            return [f"{algo_name} needs model reward/termination functions: {e}"]
+        return []
+
+
+class ModelBasedAlgorithmMixin:
+    """For an RLlib ``Algorithm`` whose config has ``num_model_trainers`` /
+    ``num_cpus_per_model_trainer`` and the :class:`ModelEnvConfigMixin` methods."""
+
+    @classmethod
+    def default_resource_request(cls, config):
+        """RLlib's bundles (driver, env runners, learners) plus one per model-trainer actor,
+        so a Tune trial reserves everything it starts and sweeps pack onto a cluster."""
+        pgf = super().default_resource_request(config)
+        cfg = cls.get_default_config().update_from_dict(
+            config if isinstance(config, dict) else config.to_dict())
+        extra = [{"CPU": cfg.num_cpus_per_model_trainer}] * cfg.num_model_trainers
+        extra = [b for b in extra if b["CPU"] > 0]
+        if not extra:
+            return pgf
+        return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
+
+    @staticmethod
+    def _get_env_id_and_creator(env_specifier, config):
+        # A restored config already carries our EnvCreator (a callable, not a class).
+        if isinstance(env_specifier, EnvCreator):
+            return env_specifier.spec.env_id, env_specifier
+        return Algorithm._get_env_id_and_creator(env_specifier, config)
+
+    def _use_env_creator(self) -> gym.Env:
+        """Point this Algorithm's own config at an EnvCreator (before RLlib's ``setup``
+        builds the env runners from ``self.config``) and return one env built by it."""
+        self.config = self.config.copy(copy_frozen=False)
+        self.config.env = self.config.env_creator()
+        self.config.freeze()
+        return self.config.env(self.config.env_config)
