@@ -320,6 +320,12 @@ class ImaginationSampler:
         self.deterministic_model = deterministic_model
         self.bounds = None if bounds is None else bounds.to(device=ref.device, dtype=ref.dtype)
 
+    def disagreement(self, obs_T_N_D: Tensor, act_T_N_A: Tensor) -> Tensor:
+        """:func:`member_disagreement` of the model on states and raw actions (clipped to the
+        action box first, as in the rollouts)."""
+        act = torch.maximum(torch.minimum(act_T_N_A, self.action_high), self.action_low)
+        return member_disagreement(self.dynamics, obs_T_N_D, act)
+
     def start_states(self) -> Tensor:
         """``T x N x D`` start states drawn from the real states (one ``torch.randint``)."""
         start = self.start_obs

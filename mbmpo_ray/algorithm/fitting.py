@@ -24,9 +24,11 @@ def fit_members(
     fit_config: FitConfig,
     seed: int,
     optimizer_state: dict | None,
+    new_rows: int = 0,
 ) -> tuple[dict[str, torch.Tensor], FitResult, dict]:
     """Fit a subset of members (given as a :meth:`DynamicsEnsemble.member_state`) on ``data``
-    (``obs``, ``act``, ``next_obs`` and optionally ``row_ids`` for a fixed holdout split).
+    (``obs``, ``act``, ``next_obs`` and optionally ``row_ids`` for a fixed holdout split);
+    the last ``new_rows`` rows are new since the previous fit.
 
     ``ensemble_kwargs`` describe an ensemble of just these members (``ensemble_size`` = subset).
 
@@ -39,6 +41,7 @@ def fit_members(
     result, opt_state = fit_ensemble(
         sub, data["obs"], data["act"], data["next_obs"], fit_config,
         generator=gen, optimizer_state=optimizer_state, row_ids=data.get("row_ids"),
+        new_rows=new_rows,
     )
     return sub.member_state(range(size)), result, opt_state
 
@@ -109,6 +112,7 @@ class EnsembleFitter:
         for _ in range(num_trainers):
             self._add_trainer()
         self.num_driver_fallbacks = 0  # lifetime: group fits done on the driver instead
+        self.next_new_id = 0  # rows with a row id from here on are new since the last fit
 
     def _add_trainer(self, g: int | None = None) -> None:
         """Start a trainer actor (as group ``g``'s replacement, or appended)."""
@@ -137,9 +141,13 @@ class EnsembleFitter:
         their trainer was not available).
         """
         self.ensemble.update_normalizers(data["obs"], data["act"], data["next_obs"])
+        new_rows = len(data["obs"])
+        if "row_ids" in data and len(data["row_ids"]):
+            new_rows = int((np.asarray(data["row_ids"]) >= self.next_new_id).sum())
+            self.next_new_id = int(np.max(data["row_ids"])) + 1
         args = [({**self.ensemble_kwargs, "ensemble_size": len(members)},
                  self.ensemble.member_state(members), data, self.fit_config,
-                 seed * 31 + g, self.optimizer_states[g])
+                 seed * 31 + g, self.optimizer_states[g], new_rows)
                 for g, members in enumerate(self.groups)]
         if not self.trainers:
             return self._merge([fit_members(*a) for a in args], 0)
@@ -267,12 +275,15 @@ class EnsembleFitter:
         return {k: v.cpu() for k, v in self.ensemble.state_dict().items()}
 
     def get_state(self) -> dict[str, Any]:
-        """Weights, normalisers and optimiser states (part of every checkpoint)."""
-        return {"ensemble": self.ensemble_state(), "optimizer_states": self.optimizer_states}
+        """Weights, normalisers, optimiser states and where the new rows start (part of every
+        checkpoint)."""
+        return {"ensemble": self.ensemble_state(), "optimizer_states": self.optimizer_states,
+                "next_new_id": self.next_new_id}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.ensemble.load_state_dict(state["ensemble"])
         self.optimizer_states = list(state["optimizer_states"])
+        self.next_new_id = int(state.get("next_new_id", 0))  # absent before 2026-11-23
 
     def stop(self) -> None:
         """Kill the model-trainer actors."""

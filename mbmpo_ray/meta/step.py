@@ -8,6 +8,7 @@ more after the meta steps to get the adapted task policies ``theta'_t`` that col
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import explained_variance
 
 Diagnostics = dict[str, float | np.ndarray]
+DisagreementFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def meta_step(
@@ -38,6 +40,7 @@ def meta_step(
     sample_fn: SampleFn,
     config: MetaConfig,
     ensemble_size: int | None = None,
+    disagreement_fn: DisagreementFn | None = None,
 ) -> tuple[Params, Diagnostics]:
     """One MB-MPO meta-policy step over ``config.num_tasks`` tasks.
 
@@ -54,6 +57,8 @@ def meta_step(
         config: :class:`~mbmpo_ray.meta.config.MetaConfig` (validated here).
         ensemble_size: K, only to report the task -> member mapping
             (:func:`mbmpo_ray.imagination.task_members`, which also checks it).
+        disagreement_fn: if given, also report :func:`plasticity` (the inner step's policy
+            change against this ensemble disagreement on the visited states).
 
     Returns:
         ``(new_params, diagnostics)``. Diagnostics: ``pre_return_per_task`` /
@@ -73,6 +78,9 @@ def meta_step(
     t0 = time.perf_counter()
     inner = adapt_tasks(policy, params, sample_fn, config, with_first_grads=True)
     diag.update(_pre_update_diagnostics(inner))
+    if disagreement_fn is not None:
+        diag.update(plasticity(policy, params, inner.task_params, inner.first_raw,
+                               disagreement_fn))
     ts = time.perf_counter()
     raw_post = sample_tasks(sample_fn, inner.task_params, config.num_tasks)
     t_sample = inner.sample_seconds + time.perf_counter() - ts
@@ -112,6 +120,48 @@ def adapt_policies(
     """
     config.validate()
     return adapt_tasks(policy, detach(params), sample_fn, config).task_params
+
+
+def plasticity(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    task_params: Params,
+    raw: ImaginedBatch,
+    disagreement_fn: DisagreementFn,
+    *,
+    stride: int = 10,
+    bins: int = 5,
+) -> Diagnostics:
+    """How much the inner step changes the policy where the models disagree (MB-MPO Fig. 3).
+
+    On the states the pre-update policy visited (``raw``, every ``stride``-th step of every
+    rollout): ``KL(pi_theta(.|s) || pi_theta'_t(.|s))`` of each task's adapted policy and
+    ``disagreement_fn(obs_T_M_D, act_T_M_A) -> T x M`` (e.g. the std of the members'
+    predictions, :func:`~mbmpo_ray.imagination.member_disagreement`).
+
+    Returns ``plasticity_kl_mean``, ``plasticity_disagreement_mean``, ``plasticity_rank_corr``
+    (Spearman correlation of the two over states) and, for ``bins`` quantile bins of the
+    disagreement (low to high), ``plasticity_kl_bin{i}`` / ``plasticity_disagreement_bin{i}``
+    (bin means).
+    """
+    num_tasks = raw.obs.shape[0]
+    flat = lambda x: x[:, :, ::stride].reshape(num_tasks, -1, *x.shape[3:])  # noqa: E731
+    obs, act, mask = flat(raw.obs), flat(raw.actions), flat(raw.mask) > 0
+    with torch.no_grad():
+        kl = policy.kl(policy.expand_params(params, num_tasks), task_params, obs, batched=True)
+        dis = disagreement_fn(obs, act)
+    kl, dis = kl[mask].double(), dis[mask].double()
+    out: Diagnostics = {"plasticity_kl_mean": float(kl.mean()),
+                        "plasticity_disagreement_mean": float(dis.mean())}
+    rank = lambda x: torch.argsort(torch.argsort(x)).double()  # noqa: E731
+    rk, rd = rank(kl), rank(dis)
+    rk, rd = rk - rk.mean(), rd - rd.mean()
+    out["plasticity_rank_corr"] = float((rk * rd).sum() / (rk.norm() * rd.norm()).clamp_min(1e-12))
+    order = torch.argsort(dis)
+    for i, part in enumerate(torch.tensor_split(order, bins)):
+        out[f"plasticity_kl_bin{i}"] = float(kl[part].mean())
+        out[f"plasticity_disagreement_bin{i}"] = float(dis[part].mean())
+    return out
 
 
 def _pre_update_diagnostics(inner: AdaptedTasks) -> Diagnostics:

@@ -16,13 +16,18 @@ Shapes: ``N`` transitions, ``K`` members, ``D`` state dim, ``A`` action dim, ``I
    step gathers a ``K x batch x I`` tensor and takes one Adam step for the whole ensemble
    (:func:`train_step`); then :meth:`_EarlyStopping.update` with every member's validation
    MSE: a member keeps a copy of its best weights and stops after ``model_patience`` epochs
-   without relative improvement ``model_improvement_threshold``;
+   without relative improvement ``model_improvement_threshold``. With a step budget
+   (``model_fit_steps > 0``) an "epoch" is a round of at most ``model_check_steps`` steps on
+   rows drawn by :func:`_sampled_order` (a share ``model_new_data_fraction`` from the rows new
+   since the last fit), and the rounds stop when the budget is spent, so a fit costs at most
+   ``model_fit_steps`` steps however much data there is;
 5. :func:`_finish` -- every member is set to its best weights and the elites are selected from
    the best validation losses (:meth:`DynamicsEnsemble.select_elites`) -- or, if a loss became
    non-finite, :func:`_roll_back` to the pre-fit state.
 
 The torch generator is consumed in this order: ``randperm`` (random split only), ``randint``
-(bootstrap only), then one ``rand`` per epoch.
+(bootstrap only), then one ``rand`` per epoch (with a step budget: one ``randint``, and a
+``rand`` and a ``randint`` if there are new rows, per round).
 """
 
 from __future__ import annotations
@@ -83,6 +88,18 @@ class FitConfig:
     eval_batch_size: int = setting(
         4096, "rows per chunk when computing validation losses (memory bound only)",
         Rule(int, low=1))
+    model_fit_steps: int = setting(
+        0, "budget of gradient steps per fit (0: no budget, epochs over all training rows as "
+        "in the paper); with a budget, rows are sampled (see model_new_data_fraction), the "
+        "fit's cost stays flat as the data grows, and model_max_epochs still caps it at that "
+        "many passes' worth of steps", Rule(int, low=0))
+    model_check_steps: int = setting(
+        50, "with model_fit_steps: gradient steps between validations (early-stopping checks, "
+        "at most one epoch's worth); model_patience counts these checks", Rule(int, low=1))
+    model_new_data_fraction: float = setting(
+        0.0, "with model_fit_steps: expected fraction of each batch drawn from the rows added "
+        "since the previous fit (the rest uniformly from all training rows)",
+        Rule(float, low=0, high=1))
 
     def problems(self) -> list[str]:
         """Every invalid setting, one line each (empty: all fine)."""
@@ -109,7 +126,8 @@ class FitResult:
     val_loss: np.ndarray
     """``[K]`` validation MSE of the weights each member ends with (its best epoch)."""
     epochs: np.ndarray
-    """``[K]`` epochs each member actually trained before it stopped (<= model_max_epochs)."""
+    """``[K]`` epochs (with a step budget: rounds of ``model_check_steps``) each member
+    actually trained before it stopped."""
     best_epoch: np.ndarray
     """``[K]`` epoch whose weights each member ends with; 0 means its pre-fit weights."""
     elites: np.ndarray
@@ -362,6 +380,34 @@ def _epoch_order(
     return (boot.gather(1, shuffle) if boot is not None else shuffle).to(device)
 
 
+def _sampled_order(
+    boot: torch.Tensor | None, k: int, n_train: int, rows: int, new_pos: torch.Tensor,
+    new_fraction: float, generator: torch.Generator | None, device: torch.device,
+) -> torch.Tensor:
+    """``K x rows`` training rows of one budgeted round, drawn with replacement: each row from
+    the member's bootstrap resample ``boot`` (or all training rows) or, with probability
+    ``new_fraction``, from the new training rows ``new_pos`` (if there are any)."""
+    pick = torch.randint(n_train, (k, rows), generator=generator)
+    order = boot.gather(1, pick) if boot is not None else pick
+    if new_fraction > 0 and new_pos.numel() > 0:
+        use_new = torch.rand(k, rows, generator=generator) < new_fraction
+        fresh = new_pos[torch.randint(new_pos.numel(), (k, rows), generator=generator)]
+        order = torch.where(use_new, fresh, order)
+    return order.to(device)
+
+
+def _rounds(cfg: FitConfig, n_train: int) -> list[int | None]:
+    """Steps of each epoch/round: ``None`` (a full pass) ``model_max_epochs`` times without a
+    budget; else rounds of ``model_check_steps`` (at most one pass) adding up to
+    ``min(model_fit_steps, model_max_epochs passes)``."""
+    if not cfg.model_fit_steps:
+        return [None] * cfg.model_max_epochs
+    per_pass = math.ceil(n_train / cfg.model_batch_size)
+    budget = min(cfg.model_fit_steps, cfg.model_max_epochs * per_pass)
+    size = min(cfg.model_check_steps, per_pass)
+    return [size] * (budget // size) + ([budget % size] if budget % size else [])
+
+
 def _train_epoch(
     ensemble: DynamicsEnsemble,
     optimizer: torch.optim.Optimizer,
@@ -454,6 +500,7 @@ def fit_ensemble(
     optimizer_state: dict[str, Any] | None = None,
     log_fn: LogFn | None = None,
     row_ids: np.ndarray | None = None,
+    new_rows: int = 0,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit every member of ``ensemble`` in place on transitions ``(obs, act, next_obs)``.
 
@@ -474,6 +521,9 @@ def fit_ensemble(
             validates on rows it has never trained on (a fresh random split per call would let
             rows trained on last time into the holdout and stop training too early). Beyond
             ``model_max_holdout``, the held-out rows with the largest ids (the newest) are used.
+        new_rows: The last ``new_rows`` rows are new since the previous fit (rows oldest
+            first); with a step budget, ``model_new_data_fraction`` of the batches is drawn
+            from them.
 
     Returns:
         ``(result, optimizer_state)``. If a loss became non-finite, the ensemble (weights,
@@ -509,8 +559,11 @@ def fit_ensemble(
     history = [float(val.mean())]
     boot = (torch.randint(n_train, (k, n_train), generator=generator)
             if cfg.model_bootstrap else None)
-    for epoch in range(1, cfg.model_max_epochs + 1):
-        order = _epoch_order(boot, k, n_train, generator, device)
+    new_pos = torch.nonzero(train_idx >= n - max(0, int(new_rows))).flatten()
+    for epoch, steps in enumerate(_rounds(cfg, n_train), start=1):
+        order = (_epoch_order(boot, k, n_train, generator, device) if steps is None else
+                 _sampled_order(boot, k, n_train, steps * cfg.model_batch_size, new_pos,
+                                cfg.model_new_data_fraction, generator, device))
         epoch_train = _train_epoch(
             ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size
         )

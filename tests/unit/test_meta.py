@@ -716,3 +716,48 @@ def test_hvp_subsample_keeps_the_trpo_direction() -> None:
     assert not torch.equal(full, sub)
     with pytest.raises(ValueError, match="hvp_subsample"):
         MetaConfig(hvp_subsample=0).validate()
+
+
+def test_plasticity_ranks_the_policy_change_against_disagreement() -> None:
+    from mbmpo_ray.imagination import ImaginedBatch
+    from mbmpo_ray.meta.step import plasticity
+
+    policy = _tiny_policy()
+    params = _random_params(policy)
+    g = torch.Generator().manual_seed(3)
+    task_params = {k: v.expand(2, *v.shape) + 0.3 * torch.randn(2, *v.shape, generator=g,
+                                                                  dtype=F64)
+                   for k, v in params.items()}
+    T, N, H = 2, 6, 20
+    obs = torch.randn(T, N, H, 3, generator=g, dtype=F64)
+    mask = torch.ones(T, N, H, dtype=F64)
+    mask[:, :, 15:] = 0.0  # steps that did not happen: excluded even with huge values
+    obs[:, :, 15:] = 1e6
+    zeros = torch.zeros(T, N, H, dtype=F64)
+    raw = ImaginedBatch(obs=obs, actions=torch.zeros(T, N, H, 2, dtype=F64), rewards=zeros,
+                        dones=zeros.bool(), mask=mask, log_probs=zeros, next_obs=obs)
+    kl_fn = lambda o, a: policy.kl(policy.expand_params(params, T), task_params, o,  # noqa: E731
+                                   batched=True)
+    same = plasticity(policy, params, task_params, raw, kl_fn, stride=2, bins=4)
+    opposite = plasticity(policy, params, task_params, raw, lambda o, a: -kl_fn(o, a),
+                          stride=2, bins=4)
+    assert same["plasticity_rank_corr"] == pytest.approx(1.0)
+    assert opposite["plasticity_rank_corr"] == pytest.approx(-1.0)
+    kl_bins = [same[f"plasticity_kl_bin{i}"] for i in range(4)]
+    assert kl_bins == sorted(kl_bins) and kl_bins[0] < kl_bins[-1]
+    assert same["plasticity_kl_mean"] < 1e3  # the masked 1e6 states were left out
+    assert same["plasticity_kl_mean"] == pytest.approx(same["plasticity_disagreement_mean"])
+    unchanged = plasticity(policy, params, policy.expand_params(params, T), raw, kl_fn)
+    assert unchanged["plasticity_kl_mean"] == 0.0
+
+
+def test_meta_step_reports_plasticity_when_given_a_disagreement() -> None:
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    cfg = MetaConfig(num_tasks=4, inner_lr=0.05, max_kl=0.05)
+    _, diag = meta_step(policy, params, _toy_sample_fn(policy), cfg,
+                        disagreement_fn=lambda o, a: o.norm(dim=-1))
+    assert diag["plasticity_kl_mean"] > 0
+    assert -1.0 <= diag["plasticity_rank_corr"] <= 1.0
+    _, plain = meta_step(policy, params, _toy_sample_fn(policy), cfg)
+    assert not any(k.startswith("plasticity") for k in plain)

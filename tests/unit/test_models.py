@@ -213,12 +213,13 @@ def test_fit_config_rejects_wrong_types_and_values_all_at_once():
     bad = FitConfig(model_batch_size=2.5, model_lr="abc", model_holdout_ratio=1.0,
                     model_patience=0, model_bootstrap="yes", eval_batch_size=0,
                     model_weight_decay=-1.0, model_max_epochs=-1, model_max_holdout=None,
-                    model_improvement_threshold=float("nan"), update_normalizers=1)
+                    model_improvement_threshold=float("nan"), update_normalizers=1,
+                    model_fit_steps=-5, model_check_steps=0, model_new_data_fraction=1.5)
     found = bad.problems()
     assert len(found) == len(dataclasses.fields(FitConfig))  # every field is wrong
     for name in ("model_batch_size", "model_lr", "model_holdout_ratio", "model_patience"):
         assert any(p.startswith(name + " must be") for p in found), name
-    with pytest.raises(ValueError, match=r"FitConfig: 11 invalid") as err:
+    with pytest.raises(ValueError, match=r"FitConfig: 14 invalid") as err:
         bad.validate()
     assert "model_batch_size must be an integer >= 1, got 2.5" in str(err.value)
     assert "model_lr must be a number > 0, got 'abc' (str)" in str(err.value)
@@ -459,3 +460,73 @@ def test_member_state_round_trip_through_sub_ensemble():
     assert not np.allclose(after[0], full[0])
     with pytest.raises(ValueError, match="shape"):
         main.load_member_state([0], state)  # 2 members of state into 1 slot
+
+
+# --------------------------------------------------------------------------- step budget
+def _count_steps(monkeypatch):
+    """Record the member-rows of every gradient step ``fit_ensemble`` takes."""
+    from mbmpo_ray.models import training
+
+    steps = []
+    real = training.train_step
+
+    def spy(ensemble, optimizer, x, y, w=None):
+        steps.append(x.shape)
+        return real(ensemble, optimizer, x, y, w)
+
+    monkeypatch.setattr(training, "train_step", spy)
+    return steps
+
+
+def test_step_budget_caps_the_fit_however_much_data(monkeypatch):
+    steps = _count_steps(monkeypatch)
+    cfg = FitConfig(model_batch_size=50, model_max_epochs=1000, model_patience=1000,
+                    model_improvement_threshold=0.0, model_fit_steps=70, model_check_steps=20)
+    costs = []
+    for n in (2_000, 20_000):
+        steps.clear()
+        res, _ = fit_ensemble(make(), *linear_system(n), cfg, generator=gen())
+        costs.append(len(steps))
+        assert all(shape[:2] == (K, 50) for shape in steps)
+        assert res.epochs.max() == 4  # rounds of 20, 20, 20, 10 steps
+        assert res.history[-1] < 0.5 * res.history[0]  # it did learn
+    assert costs == [70, 70]
+    # model_max_epochs still caps it: 100 training rows are 2 steps per pass
+    steps.clear()
+    fit_ensemble(make(), *linear_system(125),
+                 dataclasses.replace(cfg, model_max_epochs=3), generator=gen())
+    assert len(steps) == 6
+
+
+def test_new_data_fraction_draws_batches_from_the_new_rows(monkeypatch):
+    from mbmpo_ray.models import training
+
+    drawn = []
+    real = training._sampled_order
+    monkeypatch.setattr(training, "_sampled_order",
+                        lambda *a, **kw: drawn.append(real(*a, **kw)) or drawn[-1])
+    obs, act, nxt = linear_system(1000)
+    ids = np.arange(1000)
+    cfg = FitConfig(model_batch_size=50, model_fit_steps=10, model_check_steps=5)
+    for fraction, new_rows in ((1.0, 100), (0.5, 100), (0.0, 100), (1.0, 0)):
+        drawn.clear()
+        _, _ = fit_ensemble(make(), obs, act, nxt,
+                            dataclasses.replace(cfg, model_new_data_fraction=fraction),
+                            generator=gen(), row_ids=ids, new_rows=new_rows)
+        # positions into the training rows; map them back to row ids (the split is by id)
+        _, train_idx = training._stable_split(ids, 1000, cfg.model_holdout_ratio,
+                                              cfg.model_max_holdout)
+        rows = train_idx[torch.cat(drawn, dim=1)]
+        share_new = float((rows >= 900).float().mean())
+        expected = {0.0: 0.1, 0.5: 0.55, 1.0: 1.0}[fraction] if new_rows else 0.1
+        print(fraction, new_rows, share_new)
+        assert abs(share_new - expected) < 0.05
+
+
+def test_budget_of_zero_is_the_paper_fit(monkeypatch):
+    """model_fit_steps=0 keeps full passes: every training row is seen each epoch."""
+    steps = _count_steps(monkeypatch)
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=2, model_patience=10,
+                    model_bootstrap=False)
+    fit_ensemble(make(), *linear_system(1000), cfg, generator=gen())
+    assert len(steps) == 2 * 8  # 800 training rows per epoch, 2 epochs

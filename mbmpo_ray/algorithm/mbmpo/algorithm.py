@@ -365,7 +365,8 @@ def summarise_meta_steps(history: list[dict[str, Any]]) -> dict[str, float]:
     for key, last in history[-1].items():
         if isinstance(last, (int, float)) and not isinstance(last, bool):
             out[key] = float(last)
-            out[f"{key}_mean_over_steps"] = float(np.mean([h[key] for h in history]))
+            # (some diagnostics, e.g. plasticity, exist only in the last step)
+            out[f"{key}_mean_over_steps"] = float(np.mean([h[key] for h in history if key in h]))
         elif key.endswith("_per_task"):
             out[key.replace("_per_task", "_per_member_min")] = float(np.min(last))
     return out

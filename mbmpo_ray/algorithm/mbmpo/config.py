@@ -94,10 +94,11 @@ RLLIB_RULES: dict[str, Rule] = {
 
 # Settings of MetaConfig and FitConfig that .training() exposes (same names, no renaming).
 META_SETTINGS = ("num_tasks", "inner_lr", "num_inner_steps", "first_order", "gae_lambda",
-                 "outer_optimizer", "max_kl", "cg_iters", "cg_damping", "hvp_subsample",
-                 "ppo_clip", "ppo_epochs", "ppo_lr")
+                 "outer_optimizer", "max_kl", "cg_iters", "cg_damping", "hvp_method",
+                 "hvp_subsample", "ppo_clip", "ppo_epochs", "ppo_lr")
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_max_epochs", "model_patience",
-                "model_holdout_ratio")
+                "model_holdout_ratio", "model_max_holdout", "model_fit_steps",
+                "model_check_steps", "model_new_data_fraction")
 
 
 def setting_docs() -> dict[str, str]:
@@ -149,6 +150,11 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.model_max_epochs: int = 50
         self.model_patience: int = 5
         self.model_holdout_ratio: float = 0.2
+        self.model_max_holdout: int = 5000
+        # 0: the paper's epochs over all data; a budget keeps the fit flat (issue 12)
+        self.model_fit_steps: int = 0
+        self.model_check_steps: int = 50
+        self.model_new_data_fraction: float = 0.0
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
         # imagination
@@ -169,6 +175,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.max_kl: float = 0.01
         self.cg_iters: int = 10
         self.cg_damping: float = 1e-5
+        self.hvp_method: str = "gauss_newton"
         self.hvp_subsample: int = 5
         self.ppo_clip: float = 0.2
         self.ppo_epochs: int = 5
@@ -208,6 +215,10 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         model_max_epochs: int = NotProvided,
         model_patience: int = NotProvided,
         model_holdout_ratio: float = NotProvided,
+        model_max_holdout: int = NotProvided,
+        model_fit_steps: int = NotProvided,
+        model_check_steps: int = NotProvided,
+        model_new_data_fraction: float = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
         num_tasks: int = NotProvided,
@@ -226,6 +237,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         max_kl: float = NotProvided,
         cg_iters: int = NotProvided,
         cg_damping: float = NotProvided,
+        hvp_method: str = NotProvided,
         hvp_subsample: int = NotProvided,
         ppo_clip: float = NotProvided,
         ppo_epochs: int = NotProvided,

@@ -85,8 +85,11 @@ class MBMPOTorchLearner(TorchLearner):
             seed, bounds)
         params = {k: v.to(self._device) for k, v in module.policy_params().items()}
         history, diverged = [], ""
-        for _ in range(cfg.meta_steps_per_iter):
-            new_params, diag = meta_step(policy, params, sampler, meta_cfg)
+        for step in range(cfg.meta_steps_per_iter):
+            # plasticity (KL of the inner step vs model disagreement): last step only, cheap
+            last = step == cfg.meta_steps_per_iter - 1
+            new_params, diag = meta_step(policy, params, sampler, meta_cfg,
+                                         disagreement_fn=sampler.disagreement if last else None)
             history.append(diag)
             diverged = _divergence(diag, new_params, max_abs_return)
             if diverged:

@@ -81,7 +81,8 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
 }
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_weight_decay", "model_max_epochs",
                 "model_patience", "model_holdout_ratio", "model_max_holdout",
-                "model_improvement_threshold")
+                "model_improvement_threshold", "model_fit_steps", "model_check_steps",
+                "model_new_data_fraction")
 # RLlib's SAC settings MBPO uses, with what they accept here
 SAC_SETTINGS: dict[str, tuple[Rule, str]] = {
     "actor_lr": (Rule(float, low=0, open_low=True), "Adam lr of the policy (MBPO: 3e-4; "
@@ -167,6 +168,10 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.model_holdout_ratio: float = 0.2
         self.model_max_holdout: int = 5000
         self.model_improvement_threshold: float = 0.01
+        # 0: the paper's epochs over all data; a budget keeps the fit flat (issue 12)
+        self.model_fit_steps: int = 0
+        self.model_check_steps: int = 50
+        self.model_new_data_fraction: float = 0.0
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
         # model rollouts
@@ -231,6 +236,9 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         model_holdout_ratio: float = NotProvided,
         model_max_holdout: int = NotProvided,
         model_improvement_threshold: float = NotProvided,
+        model_fit_steps: int = NotProvided,
+        model_check_steps: int = NotProvided,
+        model_new_data_fraction: float = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
         rollouts_per_step: int = NotProvided,
