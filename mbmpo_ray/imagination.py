@@ -10,7 +10,9 @@ members).
   with task-batched policy parameters (what a meta step samples);
 * :func:`task_members` -- the task -> member mapping (:func:`first_task_of_each_member`).
 * :func:`branched_rollouts` -- MBPO's k-step rollouts from real states, a random elite member
-  per row and step (:func:`rollout_length`: MBPO's schedule of k).
+  per row and step (:func:`rollout_length`: MBPO's schedule of k);
+* model wrappers: :class:`BiasedDynamics` (the paper's model-bias experiment) and
+  :class:`AutocastDynamics` (bfloat16 where :func:`bf16_is_fast`).
 
 Only torch is needed here (no Ray, and no import of :mod:`mbmpo_ray.meta`, which imports this
 module): the policy is duck-typed.
@@ -18,10 +20,14 @@ module): the policy is duck-typed.
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,6 +61,69 @@ class Dynamics(Protocol):
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor: ...
+
+
+class BiasedDynamics:
+    """A model whose member ``k`` adds ``N(b_k, std^2)`` noise to every next state it predicts:
+    the MB-MPO paper's model-bias experiment (``b_k ~ U[0, b_max]`` drawn once per member;
+    the noise is drawn from the ``generator`` of each step)."""
+
+    def __init__(self, dynamics: Dynamics, bias_K: Tensor | np.ndarray, std: float = 0.1):
+        self.dynamics, self.ensemble_size = dynamics, dynamics.ensemble_size
+        self.bias_K = torch.as_tensor(np.asarray(bias_K, dtype=np.float64))
+        if self.bias_K.shape != (self.ensemble_size,):
+            raise ValueError(f"bias_K must have one entry per member ({self.ensemble_size}), "
+                             f"got shape {tuple(self.bias_K.shape)}")
+        self.std = float(std)
+
+    def sample_next_obs(self, obs_K_B_D: Tensor, act_K_B_A: Tensor, *,
+                        deterministic: bool = True,
+                        generator: torch.Generator | None = None) -> Tensor:
+        nxt = self.dynamics.sample_next_obs(obs_K_B_D, act_K_B_A, deterministic=deterministic,
+                                            generator=generator)
+        noise = torch.randn(nxt.shape, generator=generator, dtype=nxt.dtype, device=nxt.device)
+        bias = self.bias_K.to(nxt).view(-1, *([1] * (nxt.ndim - 1)))
+        return nxt + bias + self.std * noise
+
+
+class AutocastDynamics:
+    """A model run under ``torch.autocast`` (e.g. bfloat16 matmuls on AMX CPUs and GPUs); its
+    predictions are returned in the input dtype."""
+
+    def __init__(self, dynamics: Dynamics, dtype: torch.dtype = torch.bfloat16):
+        self.dynamics, self.ensemble_size, self.dtype = dynamics, dynamics.ensemble_size, dtype
+
+    def sample_next_obs(self, obs_K_B_D: Tensor, act_K_B_A: Tensor, *,
+                        deterministic: bool = True,
+                        generator: torch.Generator | None = None) -> Tensor:
+        with torch.autocast(obs_K_B_D.device.type, dtype=self.dtype):
+            nxt = self.dynamics.sample_next_obs(obs_K_B_D, act_K_B_A,
+                                                deterministic=deterministic, generator=generator)
+        return nxt.to(obs_K_B_D.dtype)
+
+
+@functools.cache
+def bf16_is_fast(device_type: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls are clearly faster than float32 here (AMX CPUs, recent GPUs):
+    a GPU that supports bf16, or on CPU a ~50 ms probe of batched matmuls (bf16 in at most
+    0.7x the float32 time; CPUs without bf16 units emulate it, 10-70x slower)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+
+    def best_time(dtype: torch.dtype) -> float:
+        a = torch.randn(2, 128, 128).to(dtype)
+        torch.bmm(a, a)  # warm-up
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(3):
+                torch.bmm(a, a)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    return best_time(torch.bfloat16) <= 0.7 * best_time(torch.float32)
 
 
 @dataclass

@@ -297,3 +297,27 @@ def test_custom_env_registered_only_in_the_driver_reaches_remote_runners(monkeyp
             algo.stop()
     finally:
         gym.registry.pop(env_id, None)
+
+
+def test_fit_budget_long_horizon_model_bias_and_bf16_reach_the_algorithm():
+    cfg = tiny(imagined_horizon=7, model_bias_max=0.5, imagination_precision="bfloat16",
+               model_fit_steps=10, model_check_steps=5, model_new_data_fraction=0.5,
+               model_batch_size=8, model_max_epochs=50)
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        cfg = algo.config
+        n_imag = cfg.meta_steps_per_iter * (cfg.num_inner_steps + 1) + cfg.num_inner_steps
+        assert result["num_imagined_steps_lifetime"] == (
+            n_imag * cfg.num_tasks * cfg.rollouts_per_task * 7)
+        biases = cfg.model_biases()
+        assert biases.shape == (cfg.ensemble_size,) and ((biases >= 0) & (biases <= 0.5)).all()
+        np.testing.assert_array_equal(biases, tiny(model_bias_max=0.5).model_biases())
+        assert tiny().model_biases() is None
+        assert result["model"]["epochs_mean"] == 2  # 10 budgeted steps in rounds of 5
+        assert np.isfinite(result["episode_return_mean"])
+        meta = result["learners"]["default_policy"]
+        assert np.isfinite(meta["plasticity_rank_corr"])
+        assert algo.fitter.next_new_id == len(algo.buffer)
+    finally:
+        algo.stop()

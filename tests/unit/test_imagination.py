@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from mbmpo_ray.imagination import (
+    AutocastDynamics,
+    BiasedDynamics,
     ImaginationSampler,
     StateBounds,
+    bf16_is_fast,
     first_task_of_each_member,
     imagine,
     task_members,
@@ -215,3 +218,34 @@ def test_core_modules_import_only_torch_numpy_gymnasium():
             else:
                 assert top in sys.stdlib_module_names or top in {"torch", "numpy", "gymnasium"}, (
                     path.name, name)
+
+
+def test_biased_dynamics_adds_each_members_bias_and_noise():
+    base = LinearMembers(3)
+    obs, act = torch.randn(3, 20000, 2), torch.randn(3, 20000, 1)
+    exact = BiasedDynamics(base, [0.0, 0.5, 1.0], std=0.0)
+    diff = exact.sample_next_obs(obs, act) - base.sample_next_obs(obs, act)
+    torch.testing.assert_close(diff.mean(dim=(1, 2)), torch.tensor([0.0, 0.5, 1.0]))
+    noisy = BiasedDynamics(base, [0.0, 0.5, 1.0], std=0.1)
+    g = torch.Generator().manual_seed(0)
+    diff = noisy.sample_next_obs(obs, act, generator=g) - base.sample_next_obs(obs, act)
+    assert torch.allclose(diff.mean(dim=(1, 2)), torch.tensor([0.0, 0.5, 1.0]), atol=3e-3)
+    assert torch.allclose(diff.std(dim=(1, 2)), torch.full((3,), 0.1), rtol=0.02)
+    # imagine() sees the biased model: member 2's task drifts by ~1 per step
+    out = imagine(noisy, const_policy(0.0), torch.zeros(3, 4, 2), 5, lambda o, a, n: n.sum(-1),
+                  None, action_low=-1.0, action_high=1.0, generator=g)
+    assert 4.5 < float(out.next_obs[2, :, -1].mean()) < 5.5
+    with pytest.raises(ValueError, match="one entry per member"):
+        BiasedDynamics(base, [0.1, 0.2])
+
+
+def test_autocast_dynamics_returns_the_input_dtype_and_close_predictions():
+    torch.manual_seed(0)
+    ens = DynamicsEnsemble(4, 2, 2, (32, 32))
+    obs, act = torch.randn(2, 64, 4), torch.randn(2, 64, 2)
+    ref = ens.sample_next_obs(obs, act)
+    low = AutocastDynamics(ens).sample_next_obs(obs, act)
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    assert not torch.equal(low, ref)  # bf16 matmuls did run
+    torch.testing.assert_close(low, ref, rtol=0.05, atol=0.05)
+    assert isinstance(bf16_is_fast("cpu"), bool) and bf16_is_fast("meta") is False

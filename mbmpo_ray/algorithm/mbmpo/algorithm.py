@@ -206,7 +206,7 @@ class MBMPO(ModelBasedAlgorithmMixin, Algorithm):
         # adaptation; each T x N rollouts of H steps (nominal: terminated rollouts stop early)
         n_imag = cfg.meta_steps_per_iter * (cfg.num_inner_steps + 1) + cfg.num_inner_steps
         self.mbmpo_counters["imagined_steps"] += (
-            n_imag * cfg.num_tasks * cfg.rollouts_per_task * cfg.horizon)
+            n_imag * cfg.num_tasks * cfg.rollouts_per_task * cfg.rollout_horizon)
         out = summarise_meta_steps(meta["history"])
         out["diverged"] = float(bool(meta.get("diverged")))
         return out

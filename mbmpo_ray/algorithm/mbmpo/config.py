@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
@@ -44,7 +45,20 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "num_cpus_per_model_trainer": (Rule(float, low=0), "CPUs reserved by each model trainer"),
     # imagination
     "rollouts_per_task": (_POSITIVE, "imagined rollouts per task"),
-    "horizon": (_POSITIVE, "real episode length and imagined rollout length"),
+    "horizon": (_POSITIVE, "real episode length (and imagined rollout length unless "
+                "imagined_horizon is set)"),
+    "imagined_horizon": (Rule(int, low=1, optional=True),
+                         "imagined rollout length (None: horizon; the paper's long-horizon "
+                         "runs imagined 500 steps of 1000-step real episodes)"),
+    "model_bias_max": (Rule(float, low=0, optional=True),
+                       "model-bias experiment: member k's imagined next states get "
+                       "+ N(b_k, model_bias_std^2), b_k ~ U[0, model_bias_max] drawn once per "
+                       "member from the seed (None: off)"),
+    "model_bias_std": (Rule(float, low=0), "noise std of the model-bias experiment"),
+    "imagination_precision": (Rule(str, choices=("float32", "bfloat16", "auto")),
+                              "dtype of the model in imagination: bfloat16 autocast, or 'auto' "
+                              "= bfloat16 only where a probe finds bf16 matmuls fast (AMX "
+                              "CPUs, GPUs), else float32"),
     "deterministic_model_rollouts": (Rule(bool), "imagine with the mean prediction of each "
                                      "member"),
     "imagine_from": (Rule(str, choices=("reset", "buffer")),
@@ -161,6 +175,10 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.num_tasks: int = 20
         self.rollouts_per_task: int = 50
         self.horizon: int = 200
+        self.imagined_horizon: int | None = None
+        self.model_bias_max: float | None = None
+        self.model_bias_std: float = 0.1
+        self.imagination_precision: str = "float32"
         self.deterministic_model_rollouts: bool = True
         self.imagine_from: str = "reset"
         self.num_start_states: int = 5000
@@ -224,6 +242,10 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         num_tasks: int = NotProvided,
         rollouts_per_task: int = NotProvided,
         horizon: int = NotProvided,
+        imagined_horizon: int | None = NotProvided,
+        model_bias_max: float | None = NotProvided,
+        model_bias_std: float = NotProvided,
+        imagination_precision: str = NotProvided,
         deterministic_model_rollouts: bool = NotProvided,
         imagine_from: str = NotProvided,
         num_start_states: int = NotProvided,
@@ -285,6 +307,19 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
     def meta_config(self) -> MetaConfig:
         """The meta-policy optimisation settings (same names)."""
         return settings.build(MetaConfig, self)
+
+    @property
+    def rollout_horizon(self) -> int:
+        """Length of imagined rollouts: ``imagined_horizon``, else ``horizon``."""
+        return self.imagined_horizon or self.horizon
+
+    def model_biases(self) -> np.ndarray | None:
+        """``[K]`` per-member biases ``b_k ~ U[0, model_bias_max]`` of the model-bias
+        experiment, a fixed function of the seed (None: the experiment is off)."""
+        if self.model_bias_max is None:
+            return None
+        rng = np.random.default_rng([int(self.seed or 0), 0xB1A5])
+        return rng.uniform(0.0, self.model_bias_max, self.ensemble_size)
 
     def ensemble_kwargs(self, obs_dim: int, act_dim: int) -> dict[str, Any]:
         """Constructor arguments of the :class:`~mbmpo_ray.models.DynamicsEnsemble`."""

@@ -12,7 +12,14 @@ from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 from ray.rllib.utils.annotations import override
 
 from mbmpo_ray.envs import EnvSpec
-from mbmpo_ray.imagination import ImaginationSampler, StateBounds, first_task_of_each_member
+from mbmpo_ray.imagination import (
+    AutocastDynamics,
+    BiasedDynamics,
+    ImaginationSampler,
+    StateBounds,
+    bf16_is_fast,
+    first_task_of_each_member,
+)
 from mbmpo_ray.meta import adapt_policies, meta_step
 from mbmpo_ray.models import DynamicsEnsemble
 
@@ -123,15 +130,22 @@ class MBMPOTorchLearner(TorchLearner):
         if self._ensemble is None:
             self._ensemble = DynamicsEnsemble(**ensemble_kwargs).to(dev)
         self._ensemble.load_state_dict(ensemble_state)
+        dynamics = self._ensemble
+        if cfg.imagination_precision == "bfloat16" or (
+                cfg.imagination_precision == "auto" and bf16_is_fast(dev.type)):
+            dynamics = AutocastDynamics(dynamics, torch.bfloat16)
+        biases = cfg.model_biases()
+        if biases is not None:
+            dynamics = BiasedDynamics(dynamics, biases, cfg.model_bias_std)
         # a copy: object-store arrays are read-only, which torch warns about
         as_tensor = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
         return ImaginationSampler(
-            self._ensemble,
+            dynamics,
             self.module[DEFAULT_MODULE_ID].policy,
             as_tensor(start_obs),
             num_tasks=cfg.num_tasks,
             rollouts_per_task=cfg.rollouts_per_task,
-            horizon=cfg.horizon,
+            horizon=cfg.rollout_horizon,
             reward_fn=env_spec.reward_fn,
             termination_fn=env_spec.termination_fn,
             action_low=as_tensor(action_low),
