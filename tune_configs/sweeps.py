@@ -33,6 +33,34 @@ HORIZON = dict(
     iterations=25,
 )
 
+# The same three knobs on Pendulum-v1 (DEFAULT variant: minutes per trial on two cores), for the
+# science runs of issue 13 (benchmarks/exp_sweeps.py reports them): 1,000 random + 7 x 1,000
+# real steps per trial. Pendulum's DEFAULT has 2 tasks per model.
+PENDULUM_ALPHA = dict(
+    config="pendulum",
+    variant="default",
+    grid={"inner_lr": [0.0, 0.0005, 0.001, 0.005]},
+    seeds=3,
+    iterations=8,
+)
+
+PENDULUM_ENSEMBLE_SIZE = dict(
+    config="pendulum",
+    variant="default",
+    grid={"ensemble_size": [1, 5, 10]},
+    tied={"num_tasks": {"ensemble_size": 2}},
+    seeds=3,
+    iterations=8,
+)
+
+PENDULUM_HORIZON = dict(
+    config="pendulum",
+    variant="default",
+    grid={"horizon": [100, 200, 1000]},
+    seeds=3,
+    iterations=8,
+)
+
 # Two trials x two iterations of a tiny Pendulum run: for tests and trying the cluster path.
 SMOKE = dict(
     config="pendulum",
@@ -98,6 +126,8 @@ MBPO_SMOKE = dict(
 )
 
 SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "smoke": SMOKE,
+          "pendulum_alpha": PENDULUM_ALPHA, "pendulum_ensemble_size": PENDULUM_ENSEMBLE_SIZE,
+          "pendulum_horizon": PENDULUM_HORIZON,
           "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
           "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
           "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}
