@@ -54,7 +54,8 @@ def main() -> int:
     p.add_argument("--stop-timesteps", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a paper setting (recorded in the report)")
-    p.add_argument("--num-model-trainers", type=int, default=2)
+    p.add_argument("--num-model-trainers", type=int, default=None,
+                   help="override the config's (PAPER: 5, one per member)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--tag", default="", help="suffix of the output files and section (keeps "
                    "earlier runs' results side by side)")
@@ -76,7 +77,9 @@ def main() -> int:
     from mbmpo_ray.algorithm.checkpoints import save_algorithm
     from mbmpo_ray.cli import _parse_set
 
-    overrides = {"num_model_trainers": args.num_model_trainers, **_parse_set(args.set)}
+    overrides = _parse_set(args.set)
+    if args.num_model_trainers is not None:
+        overrides["num_model_trainers"] = args.num_model_trainers
     config = tune_configs.load_config(args.env, "paper", **overrides)
     load_before = load_average()
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -197,10 +200,10 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
     at_100k = next((r for r in rows if r["real_steps"] >= 100_000), None)
     resumed = [r["iteration"] for r in rows if r.get("resumed")]
     body = "\n".join([
-        *header_lines([config.learner_torch_threads or 1], load_before),
+        *header_lines([config.learner_threads()], load_before),
         f"- Settings: the paper's (`tune_configs/{args.env}.py` PAPER) plus "
         f"{overrides}; {os.cpu_count()} CPUs for driver, learner and "
-        f"{args.num_model_trainers} model-trainer actors",
+        f"{config.num_model_trainers} model-trainer actors",
         "",
         table,
         "",

@@ -13,3 +13,9 @@ SMOKE_SETTINGS = dict(
     meta_steps_per_iter=1,
     eval_episodes_per_iter=1,
 )
+
+# How a paper-size run splits two cores (benchmarks/bench_iteration.py, BENCHMARKS.md): one
+# model-trainer actor per member (a member that stops early frees its share of the cores) and,
+# since the trainers and the meta step run one after the other, a meta-learner that uses both
+# cores (MBMPOConfig.learner_threads: the 1 + 5 x 0.4 reserved CPUs, capped at the cores).
+TWO_CORE_SPLIT = dict(num_model_trainers=5, num_cpus_per_model_trainer=0.4)

@@ -20,7 +20,8 @@ ENSEMBLE_SIZE = dict(
     variant="paper",
     # num_tasks must stay a multiple of K: 4 tasks per model as in the paper
     grid={"ensemble_size": [1, 5, 10]},
-    tied={"num_tasks": {"ensemble_size": 4}},
+    # (PAPER runs one model trainer per member)
+    tied={"num_tasks": {"ensemble_size": 4}, "num_model_trainers": {"ensemble_size": 1}},
     seeds=3,
     iterations=25,
 )

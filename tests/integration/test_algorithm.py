@@ -321,3 +321,17 @@ def test_fit_budget_long_horizon_model_bias_and_bf16_reach_the_algorithm():
         assert algo.fitter.next_new_id == len(algo.buffer)
     finally:
         algo.stop()
+
+
+def test_learner_threads_default_to_the_cpus_the_algorithm_reserves(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    base = MBMPOConfig().environment("Pendulum-v1")
+    assert base.learner_threads() == 1  # the driver's CPU only
+    trainers = base.copy(copy_frozen=False).training(num_model_trainers=5,
+                                                     num_cpus_per_model_trainer=0.4)
+    assert trainers.learner_threads() == 2  # driver + 5 x 0.4, capped at the 2 cores
+    runners = base.copy(copy_frozen=False).env_runners(num_env_runners=1)
+    assert runners.learner_threads() == 2
+    assert base.copy(copy_frozen=False).training(learner_torch_threads=3).learner_threads() == 3
+    remote = base.copy(copy_frozen=False).learners(num_learners=1, num_cpus_per_learner=1)
+    assert remote.learner_threads() == 1

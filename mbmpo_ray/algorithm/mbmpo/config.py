@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -75,7 +76,9 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
                           "policy"),
     "init_log_std": (Rule(float), "initial log standard deviation of the policy"),
     "learner_torch_threads": (Rule(int, low=1, optional=True),
-                              "torch threads of the meta-learner (None: its CPUs, or 1)"),
+                              "torch threads of the meta-learner (None: the CPUs reserved for "
+                              "it and the actors that wait during the meta step; "
+                              "MBMPOConfig.learner_threads())"),
     "max_abs_imagined_return": (Rule(float, low=0, open_low=True, optional=True),
                                 "an imagined return above this magnitude (or a non-finite one) "
                                 "marks the imagination as diverged: that meta step is skipped "
@@ -307,6 +310,24 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
     def meta_config(self) -> MetaConfig:
         """The meta-policy optimisation settings (same names)."""
         return settings.build(MetaConfig, self)
+
+    def learner_threads(self) -> int:
+        """Torch threads of the meta-learner: ``learner_torch_threads`` if set; else, for the
+        local learner (``num_learners=0``), every CPU the algorithm reserves (driver, env
+        runners, model trainers; at most this machine's cores), because the meta step runs
+        while the env runners and model trainers wait (2 threads: 0.6x the meta-step time of
+        1, BENCHMARKS.md); for a remote learner its ``num_cpus_per_learner``. Never more
+        threads than reserved CPUs: OpenMP threads that share a core with another busy
+        process slow the meta step 4-16x."""
+        if self.learner_torch_threads is not None:
+            return self.learner_torch_threads
+        if self.num_learners == 0:
+            bundles = self.algo_class.default_resource_request(self).bundles
+            reserved = sum(b.get("CPU", 0) for b in bundles)
+        else:
+            cpus = self.num_cpus_per_learner
+            reserved = cpus if isinstance(cpus, (int, float)) else 1
+        return max(1, min(int(reserved + 1e-9), os.cpu_count() or 1))
 
     @property
     def rollout_horizon(self) -> int:

@@ -37,13 +37,8 @@ class MBMPOTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
         super().build()
-        # One intra-op thread per reserved CPU: the meta step is many small kernels, and
-        # oversubscribing cores shared with env runners / model trainers slows it ~10x.
-        threads = self.config.learner_torch_threads
-        if threads is None:
-            cpus = self.config.num_cpus_per_learner
-            threads = int(cpus) if isinstance(cpus, (int, float)) else 1
-        torch.set_num_threads(max(1, threads))
+        # One intra-op thread per reserved CPU (see MBMPOConfig.learner_threads)
+        torch.set_num_threads(self.config.learner_threads())
         self._ensemble: DynamicsEnsemble | None = None
 
     @override(TorchLearner)
