@@ -44,11 +44,13 @@ def run(sweep: str, storage: Path, max_concurrent: int | None) -> int:
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
-def swept_value(params: dict, key: str):
-    """The trial's value of the swept setting (joint points keep it in ``mbmpo_point``)."""
-    if key in params:
-        return params[key]
-    return (params.get("mbmpo_point") or {}).get(key)
+def trial_label(params: dict, key: str) -> str:
+    """``key=value`` of the trial's swept setting (tied points keep it in ``mbmpo_point``), or
+    ``k1=v1,k2=v2`` for a grid of joint points (``key == "mbmpo_point"``)."""
+    point = params.get("mbmpo_point") or {}
+    if key == "mbmpo_point":
+        return ",".join(f"{k}={v}" for k, v in point.items())
+    return f"{key}={params[key] if key in params else point.get(key)}"
 
 
 def export(sweep_name: str, storage: Path) -> list[Path]:
@@ -71,7 +73,7 @@ def export(sweep_name: str, storage: Path) -> list[Path]:
         if not rows:
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{key}={swept_value(params, key)}_seed{params.get('seed')}.csv"
+        path = out_dir / f"{trial_label(params, key)}_seed{params.get('seed')}.csv"
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(COLUMNS)
@@ -86,7 +88,19 @@ def read(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(-1, 3)
 
 
-def report(sweep_name: str, paths: list[Path], iterations: int) -> str | None:
+def _sort_key(label: str):
+    """Numeric order of the values where they are numbers."""
+    parts = []
+    for kv in label.split(","):
+        v = kv.split("=", 1)[-1]
+        try:
+            parts.append((0, float(v), ""))
+        except ValueError:
+            parts.append((1, 0.0, v))
+    return parts
+
+
+def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,12 +108,10 @@ def report(sweep_name: str, paths: list[Path], iterations: int) -> str | None:
 
     if not paths:
         return None
-    key = paths[0].name.split("=")[0]
     runs: dict[str, list[np.ndarray]] = {}
     for p in paths:
-        value = p.stem.split("=", 1)[1].rsplit("_seed", 1)[0]
-        runs.setdefault(value, []).append(read(p))
-    order = sorted(runs, key=lambda v: float(v) if v.replace(".", "").isdigit() else v)
+        runs.setdefault(p.stem.rsplit("_seed", 1)[0], []).append(read(p))
+    order = sorted(runs, key=_sort_key)
     table, finals = [], {}
     for v in order:
         done = [r for r in runs[v] if len(r) >= iterations]
@@ -120,7 +132,7 @@ def report(sweep_name: str, paths: list[Path], iterations: int) -> str | None:
         n = min(len(r) for r in done)
         x = done[0][:n, 0]
         y = np.stack([r[:n, 1] for r in done])
-        line, = a.plot(x, np.nanmean(y, 0), "o-", ms=3, label=f"{key}={v}")
+        line, = a.plot(x, np.nanmean(y, 0), "o-", ms=3, label=v)
         a.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.15)
         b.scatter([v] * len(finals[v]), finals[v], color=line.get_color())
         b.errorbar([v], [np.mean(finals[v])], yerr=[np.std(finals[v])], fmt="_k", ms=20,
@@ -129,6 +141,7 @@ def report(sweep_name: str, paths: list[Path], iterations: int) -> str | None:
     a.set_ylabel("real return (mean, min-max over seeds)")
     a.legend(fontsize=8)
     b.set_xlabel(key)
+    b.tick_params(axis="x", labelrotation=20, labelsize=7)
     b.set_ylabel("final return (seeds, mean +- std)")
     fig.suptitle(f"mbmpo-ray tune {sweep_name}")
     fig.tight_layout()
@@ -143,7 +156,7 @@ def report(sweep_name: str, paths: list[Path], iterations: int) -> str | None:
         "- Final return: mean of the last two iterations' real episodes (pre-update policy), "
         "per trial; spread over seeds.",
         "",
-        markdown_table([key, "trials done", "final return (mean)", "std", "min .. max",
+        markdown_table(["trials of", "trials done", "final return (mean)", "std", "min .. max",
                         "real steps", "minutes per trial"], table),
         "",
         f"![{sweep_name}](benchmarks/results/sweeps/{png.name})",
@@ -168,7 +181,9 @@ def main() -> int:
     for name in args.sweeps:
         if args.run:
             status |= run(name, Path(args.storage), args.max_concurrent)
-        body = report(name, export(name, Path(args.storage)), sweeps.SWEEPS[name]["iterations"])
+        sweep = sweeps.SWEEPS[name]
+        (key, _), = sweep["grid"].items()
+        body = report(name, export(name, Path(args.storage)), sweep["iterations"], key)
         if body is None:
             print(f"{name}: no trials yet")
             continue

@@ -62,6 +62,39 @@ PENDULUM_HORIZON = dict(
     iterations=8,
 )
 
+# The paper's other two claims (issue 13), as joint points of settings:
+# robustness to model bias: member k's imagined next states + N(b_k, 0.1^2), b_k ~ U[0, b_max];
+# MB-MPO (alpha 0.001) against its alpha = 0 ablation (ME-TRPO-like) at the same real steps
+MODEL_BIAS = dict(
+    config="halfcheetah",
+    variant="paper",
+    grid={"mbmpo_point": [dict(inner_lr=alpha, model_bias_max=b_max)
+                          for b_max in (0.0, 0.5, 1.0) for alpha in (0.0, 0.001)]},
+    seeds=2,
+    iterations=12,
+)
+
+# adaptation on long horizons: 1000-step real episodes, 500-step imagined rollouts (as the
+# original code), MB-MPO against alpha = 0
+LONG_HORIZON = dict(
+    config="halfcheetah",
+    variant="paper",
+    grid={"mbmpo_point": [dict(inner_lr=alpha, horizon=1000, imagined_horizon=500)
+                          for alpha in (0.0, 0.001)]},
+    seeds=2,
+    iterations=12,
+)
+
+# the same comparison on Pendulum-v1 (minutes per trial)
+PENDULUM_LONG_HORIZON = dict(
+    config="pendulum",
+    variant="default",
+    grid={"mbmpo_point": [dict(inner_lr=alpha, horizon=1000, imagined_horizon=500)
+                          for alpha in (0.0, 0.001)]},
+    seeds=3,
+    iterations=8,
+)
+
 # Two trials x two iterations of a tiny Pendulum run: for tests and trying the cluster path.
 SMOKE = dict(
     config="pendulum",
@@ -128,7 +161,8 @@ MBPO_SMOKE = dict(
 
 SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "smoke": SMOKE,
           "pendulum_alpha": PENDULUM_ALPHA, "pendulum_ensemble_size": PENDULUM_ENSEMBLE_SIZE,
-          "pendulum_horizon": PENDULUM_HORIZON,
+          "pendulum_horizon": PENDULUM_HORIZON, "model_bias": MODEL_BIAS,
+          "long_horizon": LONG_HORIZON, "pendulum_long_horizon": PENDULUM_LONG_HORIZON,
           "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
           "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
           "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}
