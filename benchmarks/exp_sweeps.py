@@ -50,7 +50,8 @@ def trial_label(params: dict, key: str) -> str:
     point = params.get("mbmpo_point") or {}
     if key == "mbmpo_point":
         return ",".join(f"{k}={v}" for k, v in point.items())
-    return f"{key}={params[key] if key in params else point.get(key)}"
+    # a tied sweep's value is in the point (the top level keeps the base config's value)
+    return f"{key}={point[key] if key in point else params.get(key)}"
 
 
 def export(sweep_name: str, storage: Path) -> list[Path]:
