@@ -85,7 +85,16 @@ class Variant:
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "epochs": float(result.epochs.mean()),
                 "val_newest": float(result.val_loss.mean()),
-                "val_all": self.holdout_mse(data, result.holdout_indices)}
+                "val_all": self.holdout_mse(data, self.all_held_out(data))}
+
+    def all_held_out(self, data: dict[str, np.ndarray]) -> np.ndarray:
+        """Every row the fixed id-keyed split holds out (the fit validates on the newest
+        ``model_max_holdout`` of them)."""
+        from mbmpo_ray.models.training import _stable_split
+
+        ids = data["row_ids"]
+        val, _ = _stable_split(ids, len(ids), self.fit_config.model_holdout_ratio, len(ids))
+        return val.numpy()
 
     @torch.no_grad()
     def holdout_mse(self, data: dict[str, np.ndarray], holdout: np.ndarray) -> float:
