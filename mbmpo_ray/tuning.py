@@ -55,6 +55,15 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
     return config, space
 
 
+def swept_columns(sweep: dict[str, Any]) -> list[str]:
+    """The config keys a sweep varies, as Tune's reporter finds them in a trial's results: a
+    grid of joint points (``mbmpo_point``) is merged into the config, so its keys are shown."""
+    (key, values), = sweep["grid"].items()
+    if key != "mbmpo_point":
+        return [key]
+    return list(dict.fromkeys(k for point in values for k in point))
+
+
 def prepare_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a sweep needs, checked before Ray starts: the sweep, its overrides, the
     counts, every grid point's config (validated) and a writable storage directory.
@@ -166,7 +175,7 @@ def _make_tuner(args: argparse.Namespace, plan: dict[str, Any]):
                 checkpoint_frequency=1, checkpoint_at_end=True, num_to_keep=2),
             verbose=1,
             progress_reporter=tune.CLIReporter(
-                parameter_columns=[*sweep["grid"], "seed"],
+                parameter_columns=[*swept_columns(sweep), "seed"],
                 metric_columns={"training_iteration": "iter",
                                 "num_real_steps_lifetime": "real steps", METRIC: "return"},
                 max_report_frequency=30,

@@ -3,7 +3,7 @@
 import pytest
 
 import tune_configs
-from mbmpo_ray.tuning import get_sweep, param_space
+from mbmpo_ray.tuning import get_sweep, param_space, swept_columns
 from tune_configs.sweeps import SWEEPS
 
 
@@ -47,6 +47,12 @@ def test_every_sweep_point_is_a_valid_config(name):
                                    {next(iter(sweep["grid"])): value})}
         )
         trial.validate()  # e.g. num_tasks stays a multiple of ensemble_size
+        # Tune's progress reporter looks the swept columns up in the trial's config
+        # (mbmpo_point is merged into it and gone)
+        reported = trial.to_dict()
+        assert "mbmpo_point" not in reported
+        for column in swept_columns(sweep):
+            assert column in reported, (name, column)
 
 
 def test_paper_knobs_are_swept():
