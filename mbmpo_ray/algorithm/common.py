@@ -4,6 +4,8 @@ the model-trainer actors."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.tune.execution.placement_groups import PlacementGroupFactory
@@ -77,3 +79,14 @@ class ModelBasedAlgorithmMixin:
         self.config.env = self.config.env_creator()
         self.config.freeze()
         return self.config.env(self.config.env_config)
+
+    def _data_state(self, counters: dict[str, int], **extra: Any) -> dict[str, Any]:
+        """What both algorithms add to RLlib's checkpoint state: the real buffer, the
+        ensemble fitter (members, optimisers, normalisers, holdout) and the counters."""
+        return {"buffer": self.buffer.get_state(), "fitter": self.fitter.get_state(),
+                "counters": dict(counters), **extra}
+
+    def _load_data_state(self, ours: dict[str, Any]) -> None:
+        """Restore the real buffer and the fitter from :meth:`_data_state`'s dict."""
+        self.buffer.set_state(ours["buffer"])
+        self.fitter.set_state(ours["fitter"])

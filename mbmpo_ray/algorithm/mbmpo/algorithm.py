@@ -324,12 +324,8 @@ class MBMPO(ModelBasedAlgorithmMixin, Algorithm):
     @override(Algorithm)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
         state = super().get_state(components, not_components=not_components, **kwargs)
-        state[MBMPO_STATE] = {
-            "buffer": self.buffer.get_state(),
-            "fitter": self.fitter.get_state(),
-            "adapted_params": self._adapted_params,
-            "counters": dict(self.mbmpo_counters),
-        }
+        state[MBMPO_STATE] = self._data_state(self.mbmpo_counters,
+                                              adapted_params=self._adapted_params)
         return state
 
     @override(Algorithm)
@@ -338,8 +334,7 @@ class MBMPO(ModelBasedAlgorithmMixin, Algorithm):
         ours = state.get(MBMPO_STATE)
         if ours is None:
             return
-        self.buffer.set_state(ours["buffer"])
-        self.fitter.set_state(ours["fitter"])
+        self._load_data_state(ours)
         self._adapted_params = ours["adapted_params"]
         self.mbmpo_counters = {**new_counters(), **ours["counters"]}
 

@@ -336,11 +336,7 @@ class MBPO(ModelBasedAlgorithmMixin, Algorithm):
     @override(Algorithm)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
         state = super().get_state(components, not_components=not_components, **kwargs)
-        state[MBPO_STATE] = {
-            "buffer": self.buffer.get_state(),
-            "fitter": self.fitter.get_state(),
-            "counters": dict(self.mbpo_counters),
-        }
+        state[MBPO_STATE] = self._data_state(self.mbpo_counters)
         return state
 
     @override(Algorithm)
@@ -349,8 +345,7 @@ class MBPO(ModelBasedAlgorithmMixin, Algorithm):
         ours = state.get(MBPO_STATE)
         if ours is None:
             return
-        self.buffer.set_state(ours["buffer"])
-        self.fitter.set_state(ours["fitter"])
+        self._load_data_state(ours)
         self.mbpo_counters = dict(ours["counters"])
         real = self.buffer.all()
         self._on_learner(lambda learner, **kw: learner.load_real(**kw),
