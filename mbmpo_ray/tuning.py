@@ -55,13 +55,19 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
     return config, space
 
 
-def swept_columns(sweep: dict[str, Any]) -> list[str]:
-    """The config keys a sweep varies, as Tune's reporter finds them in a trial's results: a
-    grid of joint points (``mbmpo_point``) is merged into the config, so its keys are shown."""
+def swept_columns(sweep: dict[str, Any]) -> dict[str, str]:
+    """Tune reporter columns of the swept settings: ``lookup path -> name``. A grid of joint
+    points (``mbmpo_point``, also a tied sweep's) is read from the point, which both the
+    trial's config and its results (the algorithm config's ``mbmpo_point``) carry; the top
+    level keeps the base config's value there."""
     (key, values), = sweep["grid"].items()
-    if key != "mbmpo_point":
-        return [key]
-    return list(dict.fromkeys(k for point in values for k in point))
+    if key == "mbmpo_point":
+        names = dict.fromkeys(k for point in values for k in point)
+    elif sweep.get("tied"):
+        names = dict.fromkeys([key, *sweep["tied"]])
+    else:
+        return {key: key}
+    return {f"mbmpo_point/{k}": k for k in names}
 
 
 def prepare_sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def _make_tuner(args: argparse.Namespace, plan: dict[str, Any]):
                 checkpoint_frequency=1, checkpoint_at_end=True, num_to_keep=2),
             verbose=1,
             progress_reporter=tune.CLIReporter(
-                parameter_columns=[*swept_columns(sweep), "seed"],
+                parameter_columns={**swept_columns(sweep), "seed": "seed"},
                 metric_columns={"training_iteration": "iter",
                                 "num_real_steps_lifetime": "real steps", METRIC: "return"},
                 max_report_frequency=30,
@@ -221,7 +227,9 @@ def print_results(results, sweep: dict[str, Any], iterations: int | None = None,
         else:
             status = "unfinished"
             unfinished += 1
-        rows.append((cfg.get(key, (cfg.get("mbmpo_point") or {}).get(key)), cfg.get("seed"),
+        point = cfg.get("mbmpo_point") or {}
+        value = point if key == "mbmpo_point" else point.get(key, cfg.get(key))
+        rows.append((value, cfg.get("seed"),
                      m.get("training_iteration"), m.get("num_real_steps_lifetime"),
                      m.get(METRIC), status))
     print(f"\n{key:>14} {'seed':>5} {'iters':>6} {'real steps':>11} {'return':>9} status")

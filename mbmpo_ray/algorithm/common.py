@@ -15,7 +15,26 @@ from mbmpo_ray.envs import EnvCreator, EnvSpec, UnsupportedEnvError, get_env_spe
 
 class ModelEnvConfigMixin:
     """For an ``AlgorithmConfig`` with ``env`` (an id, or an EnvCreator once built) and
-    ``horizon``: the env's id, its model functions and the creator the actors build it from."""
+    ``horizon``: the env's id, its model functions and the creator the actors build it from;
+    and RLlib's ``update_from_dict`` for Tune's trial configs."""
+
+    # settings held as tuples (Tune, JSON and checkpoints hand lists back)
+    TUPLE_SETTINGS: tuple[str, ...] = ()
+
+    def update_from_dict(self, config_dict: dict[str, Any]):
+        """RLlib's ``update_from_dict``; a ``mbmpo_point`` entry (a dict of settings swept
+        jointly by Tune, e.g. ensemble_size with num_tasks) is expanded first and kept as the
+        ``mbmpo_point`` attribute, so the trial's results show the point it ran."""
+        config_dict = dict(config_dict)
+        point = config_dict.pop("mbmpo_point", None) or {}
+        config_dict.update(point)
+        for name in self.TUPLE_SETTINGS:
+            if isinstance(config_dict.get(name), list):
+                config_dict[name] = tuple(config_dict[name])
+        super().update_from_dict(config_dict)
+        if point:
+            self.mbmpo_point = dict(point)
+        return self
 
     @property
     def model_env_id(self) -> str | None:

@@ -1,6 +1,7 @@
 """Config modules and sweeps load the same way from Python as from the CLI, and validate."""
 
 import pytest
+from ray._private.dict import unflattened_lookup
 
 import tune_configs
 from mbmpo_ray.tuning import get_sweep, param_space, swept_columns
@@ -41,18 +42,19 @@ def test_every_sweep_point_is_a_valid_config(name):
     points = space.get("mbmpo_point", next(v for k, v in space.items() if k != "seed"))
     values = points["grid_search"]
     assert len(values) >= 2 and len(space["seed"]["grid_search"]) == sweep["seeds"]
+    key = next(iter(sweep["grid"]))
     for value in values:
-        trial = type(config)().update_from_dict(
-            {**config.to_dict(), **(value if isinstance(value, dict) else
-                                   {next(iter(sweep["grid"])): value})}
-        )
+        # as Tune builds a trial: the base config plus the grid value under its key
+        trial_config = {**config.to_dict(), ("mbmpo_point" if "mbmpo_point" in space else key):
+                        value}
+        trial = type(config)().update_from_dict(trial_config)
         trial.validate()  # e.g. num_tasks stays a multiple of ensemble_size
-        # Tune's progress reporter looks the swept columns up in the trial's config
-        # (mbmpo_point is merged into it and gone)
-        reported = trial.to_dict()
-        assert "mbmpo_point" not in reported
-        for column in swept_columns(sweep):
-            assert column in reported, (name, column)
+        # Tune's progress reporter looks the swept columns up in the trial's config and in
+        # its results' config (the built algorithm's): both show this point's values
+        point = value if isinstance(value, dict) else {key: value}
+        for path, column in swept_columns(sweep).items():
+            for source in (trial_config, trial.to_dict()):
+                assert unflattened_lookup(path, source) == point[column], (name, path)
 
 
 def test_paper_knobs_are_swept():

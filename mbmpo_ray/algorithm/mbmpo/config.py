@@ -148,6 +148,8 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
     ``gamma`` (0.99) is RLlib's own setting.
     """
 
+    TUPLE_SETTINGS = ("model_hidden_sizes", "policy_hidden_sizes")
+
     def __init__(self, algo_class=None):
         from mbmpo_ray.algorithm.mbmpo.algorithm import MBMPO
 
@@ -288,17 +290,6 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
                 value = tuple(value)
             setattr(self, name, value)
         return self
-
-    @override(AlgorithmConfig)
-    def update_from_dict(self, config_dict: dict[str, Any]) -> MBMPOConfig:
-        """RLlib's ``update_from_dict``; a ``mbmpo_point`` entry (a dict of settings swept
-        jointly by Tune, e.g. ensemble_size with num_tasks) is expanded first."""
-        config_dict = dict(config_dict)
-        config_dict.update(config_dict.pop("mbmpo_point", None) or {})
-        for name in ("model_hidden_sizes", "policy_hidden_sizes"):
-            if isinstance(config_dict.get(name), list):
-                config_dict[name] = tuple(config_dict[name])
-        return super().update_from_dict(config_dict)
 
     # ------------------------------------------------------------------ derived configs
     @property

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import gymnasium as gym
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.algorithms.algorithm_config import NotProvided
 from ray.rllib.algorithms.sac.sac import SACConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
@@ -142,6 +142,8 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
     updates (the reference: one step, G updates; a block of 1 is the same).
     """
 
+    TUPLE_SETTINGS = ("model_hidden_sizes", "sac_hidden_sizes", "rollout_schedule")
+
     def __init__(self, algo_class=None):
         # One flat list of every setting's default, as RLlib's own configs do: longer than
         # 60 lines, but it reads better whole (one place to look a default up).
@@ -270,17 +272,6 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
                 value = tuple(value)
             setattr(self, name, value)
         return self
-
-    @override(AlgorithmConfig)
-    def update_from_dict(self, config_dict: dict[str, Any]) -> MBPOConfig:
-        """RLlib's ``update_from_dict``; a ``mbmpo_point`` entry (settings swept jointly by
-        Tune, e.g. ensemble_size with num_elites) is expanded first."""
-        config_dict = dict(config_dict)
-        config_dict.update(config_dict.pop("mbmpo_point", None) or {})
-        for name in ("model_hidden_sizes", "sac_hidden_sizes", "rollout_schedule"):
-            if isinstance(config_dict.get(name), list):
-                config_dict[name] = tuple(config_dict[name])
-        return super().update_from_dict(config_dict)
 
     # ------------------------------------------------------------------ derived settings
     @property
