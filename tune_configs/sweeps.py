@@ -96,6 +96,11 @@ PENDULUM_LONG_HORIZON = dict(
     iterations=6,
 )
 
+# the model-bias comparison on Pendulum-v1 (minutes per trial; states are cos, sin in [-1, 1]
+# and the angular velocity in [-8, 8], so a bias of 0.5-1.0 is as large as on HalfCheetah)
+PENDULUM_MODEL_BIAS = dict(MODEL_BIAS, config="pendulum", variant="default", seeds=3,
+                           iterations=6)
+
 # Two trials x two iterations of a tiny Pendulum run: for tests and trying the cluster path.
 SMOKE = dict(
     config="pendulum",
@@ -164,6 +169,7 @@ SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "s
           "pendulum_alpha": PENDULUM_ALPHA, "pendulum_ensemble_size": PENDULUM_ENSEMBLE_SIZE,
           "pendulum_horizon": PENDULUM_HORIZON, "model_bias": MODEL_BIAS,
           "long_horizon": LONG_HORIZON, "pendulum_long_horizon": PENDULUM_LONG_HORIZON,
+          "pendulum_model_bias": PENDULUM_MODEL_BIAS,
           "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
           "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
           "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}
