@@ -562,9 +562,9 @@ def _tune_parser(sub) -> None:
     p = _add_command(sub, "tune", "run or resume a Tune sweep from tune_configs/sweeps.py",
                    "Run a sweep (grid over a paper knob x seeds) with Ray Tune; print a "
                    "results table\nand the best checkpoint.")
-    p.add_argument("sweep", help="sweep name: alpha, ensemble_size, horizon or smoke; MBPO: "
-                                 "mbpo_rollout_length, mbpo_real_ratio, mbpo_updates_per_step, "
-                                 "mbpo_ensemble_size or mbpo_smoke")
+    from tune_configs.sweeps import SWEEPS  # plain dicts: cheap to import
+
+    p.add_argument("sweep", help="sweep name (tune_configs/sweeps.py): " + ", ".join(SWEEPS))
     p.add_argument("--env", metavar="CONFIG",
                    help="run the sweep on this env config, e.g. halfcheetah (default: the "
                         "sweep's)")
