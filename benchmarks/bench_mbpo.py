@@ -113,7 +113,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                 c = algo.mbpo_counters
                 if first is None:  # initial steps + first fit + first 250 steps
                     first = {"wall_s": dt, **{f"{k}_s": v for k, v in phase.items()},
-                             "model_epochs": r["model"].get("epochs")}
+                             "model_epochs": r["model"].get("epochs_mean")}
                     steps0 = c["real_steps"]
                     upd0 = c["sac_updates"]
                 else:
@@ -123,7 +123,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                 row = {"real_steps": c["real_steps"] - steps0 + FIT_EVERY, "wall_s": wall,
                        **{f"{k}_s": v for k, v in cum.items()},
                        "other_s": wall - sum(cum.values()),
-                       "model_epochs": r["model"].get("epochs"),
+                       "model_epochs": r["model"].get("epochs_mean"),
                        "sac_updates": c["sac_updates"] - upd0,
                        "eval_return": r.get("episode_return_mean")}
                 rows.append(row)

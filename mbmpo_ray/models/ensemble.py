@@ -305,9 +305,12 @@ class DynamicsEnsemble(nn.Module):
         """MBPO model step: each row is predicted by an elite member drawn uniformly at random
         (independently per row), which samples its next state from its own Gaussian.
 
-        One batched forward of all ``K`` members on all rows (``K x B x D``), then a gather of
-        each row's member. ``generator`` is used for one ``torch.randint`` (the members) and,
-        for the probabilistic head unless ``deterministic``, one ``torch.randn`` of ``B x D``
+        Each member computes only its own rows: the rows are grouped by member into a padded
+        ``K x m x (D + A)`` batch (``m`` = the largest group, about ``B / num_elites``) for one
+        batched forward, then scattered back, so a step costs about ``K / num_elites`` member
+        forwards of ``B`` rows instead of ``K`` (as mbrl-lib's ``random_model`` propagation).
+        ``generator`` is used for one ``torch.randint`` (the members) and, for the
+        probabilistic head unless ``deterministic``, one ``torch.randn`` of ``B x D``
         (normalised delta ``mean + std * noise`` with the member's predicted
         ``std = exp(logvar / 2)``). The deterministic head returns the member's mean.
 
@@ -325,19 +328,29 @@ class DynamicsEnsemble(nn.Module):
             Raw next states ``B x D`` (and the ``[B]`` members if ``return_members``).
         """
         k, b = self._ensemble_size, obs_B_D.shape[0]
-        elites = self.elite_indices.to(obs_B_D.device)
-        pick = torch.randint(len(elites), (b,), generator=generator, device=obs_B_D.device)
+        dev = obs_B_D.device
+        elites = self.elite_indices.to(dev)
+        pick = torch.randint(len(elites), (b,), generator=generator, device=dev)
         members = elites[pick]
-        mean_K, logvar_K = self.forward_members(
-            obs_B_D.unsqueeze(0).expand(k, -1, -1), act_B_A.unsqueeze(0).expand(k, -1, -1)
-        )
-        rows = torch.arange(b, device=obs_B_D.device)
-        mean = mean_K[members, rows]  # B x D, normalised delta of each row's member
+        # group the rows by member: row order[i] goes to slot[i] of member grouped[i]
+        order = torch.argsort(members, stable=True)
+        grouped = members[order]
+        counts = torch.bincount(members, minlength=k)
+        slot = torch.arange(b, device=dev) - (torch.cumsum(counts, 0) - counts)[grouped]
+        m = int(counts.max()) if b else 0
+        x = torch.cat((obs_B_D, act_B_A), dim=-1)[order]
+        x_pad = x.new_zeros(k, m, x.shape[-1])
+        x_pad[grouped, slot] = x
+        mean_K, logvar_K = self.forward_normalized(self.input_normalizer.normalize(x_pad))
+        mean = torch.empty_like(obs_B_D)
+        mean[order] = mean_K[grouped, slot]  # B x D, normalised delta of each row's member
         if logvar_K is not None and not deterministic:
+            logvar = torch.empty_like(obs_B_D)
+            logvar[order] = logvar_K[grouped, slot]
             noise = torch.randn(
                 mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
             )
-            mean = torch.addcmul(mean, noise, torch.exp(0.5 * logvar_K[members, rows]))
+            mean = torch.addcmul(mean, noise, torch.exp(0.5 * logvar))
         next_obs = obs_B_D + self.delta_normalizer.denormalize(mean)
         return (next_obs, members) if return_members else next_obs
 
