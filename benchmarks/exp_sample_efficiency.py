@@ -217,10 +217,14 @@ def report_env(env_name: str) -> str | None:
             vals = [return_at(r, s) for r in rs]
             ok = [v for v in vals if np.isfinite(v)]
             cells.append(f"{np.mean(ok):.0f} ± {np.std(ok):.0f}" if ok else "-")
+        final = [float(np.mean(r[-3:, 1])) for r in rs]  # does it stay there?
+        cells.append(f"{np.mean(final):.0f} ± {np.std(final):.0f} "
+                     f"@{np.mean([r[-1, 0] for r in rs]) / 1000:.0f}k")
         cells.append(f"{np.mean([r[-1, 2] for r in rs]) / 60:.1f}")
         rows.append(cells)
     headers = (["method", "seeds"] + [f"steps to {th}" for th in thresholds]
-               + [f"return @{s // 1000}k" for s in STEPS_REPORTED] + ["min/run"])
+               + [f"return @{s // 1000}k" for s in STEPS_REPORTED]
+               + ["final (last 3 iterations)", "min/run"])
     ratio_lines = []
     for other in ("ppo", "sac"):
         if other in runs and "mbmpo" in runs:
