@@ -182,10 +182,12 @@ def steps_to(run: np.ndarray, threshold: float) -> float:
 
 
 def return_at(run: np.ndarray, steps: int) -> float:
-    """Return of the last iteration at or before ``steps`` real steps (nan past the run)."""
-    if run[-1, 0] < steps:
+    """Return of the last iteration at or before ``steps`` real steps (nan past the run, or
+    before its first iteration)."""
+    before = np.flatnonzero(run[:, 0] <= steps)
+    if run[-1, 0] < steps or not len(before):
         return np.nan
-    return float(run[np.flatnonzero(run[:, 0] <= steps)[-1], 1])
+    return float(run[before[-1], 1])
 
 
 def finished_runs(env_name: str) -> dict[str, list[np.ndarray]]:
@@ -229,11 +231,17 @@ def report_env(env_name: str) -> str | None:
     for other in ("ppo", "sac"):
         if other in runs and "mbmpo" in runs:
             for th in thresholds:
-                a = [steps_to(r, th) for r in runs[other]]
-                b = [steps_to(r, th) for r in runs["mbmpo"]]
-                if all(np.isfinite(a)) and all(np.isfinite(b)):
-                    ratio_lines.append(f"- {other.upper()}/MB-MPO real steps to {th}: "
-                                       f"{np.mean(a) / np.mean(b):.1f}x")
+                a = np.array([steps_to(r, th) for r in runs[other]])
+                b = np.array([steps_to(r, th) for r in runs["mbmpo"]])
+                ra, rb = np.isfinite(a), np.isfinite(b)
+                if not (ra.any() and rb.any()):
+                    continue
+                line = (f"- {other.upper()}/MB-MPO real steps to {th}: "
+                        f"{np.mean(a[ra]) / np.mean(b[rb]):.1f}x")
+                if not (ra.all() and rb.all()):  # means over the seeds that got there
+                    line += (f" (seeds that reached it: {other.upper()} {ra.sum()}/{len(a)}, "
+                             f"MB-MPO {rb.sum()}/{len(b)})")
+                ratio_lines.append(line)
     png = plot_env(env_name, runs)
     body = [f"Env {env_id}; steps to a threshold: mean over the seeds that reached it "
             "(reached/total); returns mean ± std over seeds.", "",
