@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,10 +67,16 @@ def _creator(env_name: str) -> str:
     return name
 
 
-def build_mbmpo(env_name: str, seed: int):
+def build_mbmpo(env_name: str, seed: int, **overrides):
+    """The env config's DEFAULT variant (``overrides``: a variant run, ``--mbmpo-set``)."""
     import tune_configs
 
-    return tune_configs.load_config(env_name, "default", seed=seed).build_algo()
+    return tune_configs.load_config(env_name, "default", seed=seed, **overrides).build_algo()
+
+
+def variant_name(overrides: dict) -> str:
+    """``mbmpo`` or, with ``--mbmpo-set`` overrides, ``mbmpo+key=value+...`` (its CSV name)."""
+    return "+".join(["mbmpo", *(f"{k}={v}" for k, v in sorted(overrides.items()))])
 
 
 def build_ppo(env_name: str, seed: int):
@@ -141,15 +148,18 @@ def is_done(path: Path) -> bool:
 
 
 def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
-            results: Path = RESULTS) -> Path:
-    """Train one run to its budget, appending a CSV row per iteration; skip a finished run."""
-    path = results / f"{env_name}_{method}_seed{seed}.csv"
+            results: Path = RESULTS, overrides: dict | None = None) -> Path:
+    """Train one run to its budget, appending a CSV row per iteration; skip a finished run.
+    ``overrides`` (MB-MPO only) change its config and name the run (:func:`variant_name`)."""
+    overrides = overrides if method == "mbmpo" else None
+    name = variant_name(overrides) if overrides else method
+    path = results / f"{env_name}_{name}_seed{seed}.csv"
     if is_done(path):
         print(f"skip {path.name} (done)", flush=True)
         return path
     budget = budget or ENVS[env_name][2][method]
     path.parent.mkdir(parents=True, exist_ok=True)
-    algo = BUILDERS[method](env_name, seed)
+    algo = BUILDERS[method](env_name, seed, **(overrides or {}))
     t0 = time.perf_counter()
     try:
         with open(path, "w", newline="") as f:
@@ -192,11 +202,12 @@ def return_at(run: np.ndarray, steps: int) -> float:
 
 def finished_runs(env_name: str) -> dict[str, list[np.ndarray]]:
     runs: dict[str, list[np.ndarray]] = {}
-    for method in BUILDERS:
-        for path in sorted(RESULTS.glob(f"{env_name}_{method}_seed*.csv")):
-            if is_done(path):
-                runs.setdefault(method, []).append(read_run(path))
-    return runs
+    for path in sorted(RESULTS.glob(f"{env_name}_*_seed*.csv")):
+        method = path.stem[len(env_name) + 1:].rsplit("_seed", 1)[0]
+        if method.split("+")[0] in BUILDERS and is_done(path):
+            runs.setdefault(method, []).append(read_run(path))
+    order = {m: i for i, m in enumerate(BUILDERS)}  # mbmpo, its variants, ppo, sac
+    return dict(sorted(runs.items(), key=lambda kv: (order[kv[0].split("+")[0]], kv[0])))
 
 
 def _fmt_steps(xs: list[float]) -> str:
@@ -295,7 +306,19 @@ def main() -> int:
     p.add_argument("--report", action="store_true", help="only write the report")
     p.add_argument("--budget", type=int, help="override the real-step budget (smoke runs)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--mbmpo-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an MB-MPO variant: override a setting of the config's DEFAULT "
+                        "(repeatable); its runs are reported as mbmpo+KEY=VALUE")
     args = p.parse_args()
+    overrides = {}
+    for item in args.mbmpo_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--mbmpo-set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare string
+            overrides[key] = value
     if args.report:
         report()
         return 0
@@ -306,7 +329,7 @@ def main() -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     for seed in args.seeds:  # seeds outermost: every method gets its first seeds early
         for method in args.methods:
-            run_one(args.env, method, seed, args.budget, args.out)
+            run_one(args.env, method, seed, args.budget, args.out, overrides)
     if args.out == RESULTS:
         report()
     return 0
