@@ -144,7 +144,8 @@ def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
 
 def is_done(path: Path) -> bool:
     """Whether a run's CSV is complete (its last line is the ``# done`` marker)."""
-    return path.exists() and path.read_text().rstrip().splitlines()[-1].startswith("# done")
+    lines = path.read_text().rstrip().splitlines() if path.exists() else []
+    return bool(lines) and lines[-1].startswith("# done")
 
 
 def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
