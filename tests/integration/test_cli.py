@@ -244,16 +244,19 @@ def _tune(storage, *extra):
 
 
 def test_sweep_is_resumable_after_interruption(tmp_path):
-    """Interrupt a 2-trial sweep after its first trial, then `--resume` finishes the other."""
+    """Interrupt a 2-trial sweep after its first trial, then `--resume` finishes the other.
+    Five iterations per trial: the second trial, started as the first ends, cannot also finish
+    while Tune handles the Ctrl-C (two tiny iterations could, on a loaded machine)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_tune(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    iters = 5
+    proc = subprocess.Popen(_tune(tmp_path, "--iterations", str(iters)), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = tmp_path / "mbmpo_smoke"
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
             done = [p for p in exp.glob("MBMPO_*/result.json")
-                    if len(p.read_text().splitlines()) >= 2]
+                    if len(p.read_text().splitlines()) >= iters]
             if done:
                 break
             time.sleep(0.5)
@@ -264,7 +267,7 @@ def test_sweep_is_resumable_after_interruption(tmp_path):
         if proc.poll() is None:
             proc.kill()
     finished = [p for p in exp.glob("MBMPO_*/result.json")
-                if len(p.read_text().splitlines()) >= 2]
+                if len(p.read_text().splitlines()) >= iters]
     assert len(finished) == 1, "expected exactly one finished trial before resuming"
     # Ctrl-C is not success: a non-zero exit, and the unfinished trial is not "ok"
     assert proc.returncode == 130, interrupted[-3000:]
@@ -272,8 +275,8 @@ def test_sweep_is_resumable_after_interruption(tmp_path):
     assert sorted(statuses) == ["ok", "unfinished"], interrupted[-2000:]
     assert "--resume" in interrupted
 
-    res = subprocess.run(_tune(tmp_path, "--resume"), cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(_tune(tmp_path, "--iterations", str(iters), "--resume"), cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resuming" in res.stdout
     table = res.stdout.split("real steps")[-1]
