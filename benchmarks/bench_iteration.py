@@ -56,6 +56,8 @@ def main() -> int:
                    help="override a paper setting (recorded in the report)")
     p.add_argument("--num-model-trainers", type=int, default=None,
                    help="override the config's (PAPER: 5, one per member)")
+    p.add_argument("--gpu", action="store_true", help="the meta-learner on a GPU "
+                   "(num_gpus_per_learner=1, local Learner)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--tag", default="", help="suffix of the output files and section (keeps "
                    "earlier runs' results side by side)")
@@ -81,6 +83,8 @@ def main() -> int:
     if args.num_model_trainers is not None:
         overrides["num_model_trainers"] = args.num_model_trainers
     config = tune_configs.load_config(args.env, "paper", **overrides)
+    if args.gpu:
+        config.learners(num_gpus_per_learner=1)
     load_before = load_average()
     ray.init(include_dashboard=False, log_to_driver=False)
     algo = config.build_algo()

@@ -71,6 +71,9 @@ def parse_args() -> argparse.Namespace:
                         "without it only ours runs")
     p.add_argument("--order", choices=("ours-first", "peer-first"), default="ours-first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: our Learner (SAC updates, rollouts) and model fit on the GPU, "
+                        "and mbrl-lib's device cuda")
     p.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = p.parse_args()
     if args.real_steps < 2 * FIT_EVERY or args.real_steps % FIT_EVERY:
@@ -89,7 +92,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = tune_configs.load_config(
         "halfcheetah", "mbrl_lib", algo="mbpo", seed=args.seed, env_steps_per_block=args.block,
-        learner_torch_threads=args.threads, **MBRL_LIB_SETTINGS)
+        learner_torch_threads=args.threads, model_device=args.device, **MBRL_LIB_SETTINGS)
+    if args.device == "cuda":
+        config.learners(num_gpus_per_learner=1)
     algo = config.build_algo()
     rows, cum = [], dict.fromkeys(PHASES, 0.0)
     wall = 0.0
@@ -144,6 +149,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     per_1k["total"] = rows[-1]["wall_s"] * k
     return {
         "side": "mbmpo_ray MBPO", "env": "HalfCheetah-v5", "threads": args.threads,
+        "device": args.device,
         "block": args.block, "window_real_steps": [FIT_EVERY, rows[-1]["real_steps"]],
         "per_1k_real_steps_s": {p: round(s, 3) for p, s in per_1k.items()},
         "window": {"sac_updates": rows[-1]["sac_updates"],
@@ -162,7 +168,7 @@ def run_peer(args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(
         [str(args.peer_python), str(script), "--real-steps", str(args.real_steps),
-         "--threads", str(args.threads), "--seed", str(args.seed)],
+         "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device],
         stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT, check=False)
     if proc.returncode:
         sys.exit(f"the mbrl-lib run failed (exit {proc.returncode}); see its output above")

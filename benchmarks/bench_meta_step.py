@@ -133,13 +133,16 @@ class Setup:
     hidden: tuple[int, ...]
 
     def sample_fn(self, seed: int, steps: int | None = None, bf16: bool = False):
-        """Like the learner's sampler: random real start states, then ``imagine``."""
-        gen = torch.Generator().manual_seed(seed)
+        """Like the learner's sampler: random real start states, then ``imagine`` (on the
+        device of the start states, with a generator there)."""
+        dev = self.start_pool.device
+        gen = torch.Generator(device=dev).manual_seed(seed)
         policy, num_tasks = self.policy, self.cfg.num_tasks
 
         def sample_fn(task_params: Params) -> ImaginedBatch:
-            idx = torch.randint(len(self.start_pool), (num_tasks, self.rollouts), generator=gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            idx = torch.randint(len(self.start_pool), (num_tasks, self.rollouts), generator=gen,
+                                device=dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 return imagine(
                     self.ensemble,
                     lambda obs, g: policy.sample(task_params, obs, g, batched=True),
@@ -159,6 +162,15 @@ class Setup:
         c = self.cfg
         return estimate_advantages(self.policy, task_params, raw, c.gamma, c.gae_lambda,
                                    c.normalize_advantages, c.baseline_reg_coeff)
+
+    def to(self, device: str | torch.device) -> Setup:
+        """A copy with the ensemble, start states, bounds and parameters on ``device``."""
+        import copy
+
+        return dataclasses.replace(
+            self, ensemble=copy.deepcopy(self.ensemble).to(device),
+            start_pool=self.start_pool.to(device), low=self.low.to(device),
+            high=self.high.to(device), params0={k: v.to(device) for k, v in self.params0.items()})
 
     def theta_tasks(self) -> Params:
         return self.policy.expand_params(self.params0, self.cfg.num_tasks)

@@ -45,7 +45,7 @@ sac_target_update_interval 1, term_fn no_termination. Changed: env ``gym___HalfC
 ``mbrl.third_party.pytorch_sac_pranz24.sac.SAC``.
 ``conf/dynamics_model/gaussian_mlp_ensemble.yaml``: GaussianMLP, 7 members x 4 layers x 200,
 SiLU, propagation random_model.
-``conf/main.yaml``: log_frequency_agent 1000; device ``cpu`` here.
+``conf/main.yaml``: log_frequency_agent 1000; device ``--device`` (``cpu`` by default).
 """
 
 from __future__ import annotations
@@ -76,13 +76,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads")
     p.add_argument("--out", type=Path, default=out, help="CSV of cumulative phase seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="mbrl-lib's device (cpu, cuda)")
     args = p.parse_args()
     if args.real_steps < 2 * FIT_EVERY or args.real_steps % FIT_EVERY:
         p.error(f"--real-steps must be a multiple of {FIT_EVERY} and >= {2 * FIT_EVERY}")
     return args
 
 
-def build_cfg(real_steps: int, seed: int):
+def build_cfg(real_steps: int, seed: int, device: str = "cpu"):
     """mbrl-lib's config for ``mbpo.train``, as Hydra would compose main + mbpo + halfcheetah."""
     from omegaconf import OmegaConf
 
@@ -121,7 +122,7 @@ def build_cfg(real_steps: int, seed: int):
     }
     return OmegaConf.create({  # conf/main.yaml
         "algorithm": algorithm, "dynamics_model": dynamics_model, "overrides": overrides,
-        "seed": seed, "device": "cpu", "log_frequency_agent": 1000, "save_video": False,
+        "seed": seed, "device": device, "log_frequency_agent": 1000, "save_video": False,
         "debug_mode": False,
     })
 
@@ -261,7 +262,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    cfg = build_cfg(args.real_steps, args.seed)
+    cfg = build_cfg(args.real_steps, args.seed, args.device)
     # as mbrl/examples/main.py: two envs from the config, then global seeds
     env, term_fn, _ = mbrl.util.env.EnvHandler.make_env(cfg)
     test_env, *_ = mbrl.util.env.EnvHandler.make_env(cfg)

@@ -53,6 +53,27 @@ class ModelEnvConfigMixin:
         Learner computes model rewards) without the registry of this process."""
         return EnvCreator(self.env_spec(), self.horizon)
 
+    def device_problems(self) -> list[str]:
+        """Why the GPU settings cannot work here: ``model_device='cuda'`` (fits on the driver's
+        GPU) or a local GPU Learner on a machine where torch sees no CUDA device."""
+        import torch
+
+        found = []
+        if self.model_device == "cuda" and self.num_model_trainers:
+            found.append(f"model_device='cuda' fits the ensemble on the driver's GPU: set "
+                         f"num_model_trainers=0 (got {self.num_model_trainers})")
+        if torch.cuda.is_available():
+            return found
+        if self.model_device == "cuda":
+            found.append("model_device='cuda' but torch sees no CUDA device on this machine "
+                         "(the driver fits the ensemble); use model_device='cpu'")
+        if self.num_learners == 0 and self.num_gpus_per_learner > 0:
+            found.append(f"num_gpus_per_learner={self.num_gpus_per_learner} with a local "
+                         "Learner (num_learners=0) needs a CUDA device on this machine, and "
+                         "torch sees none: set num_gpus_per_learner=0, or num_learners=1 to "
+                         "place the Learner on a GPU node of the cluster")
+        return found
+
     def env_problems(self, algo_name: str) -> list[str]:
         """One line if the env is not an id with registered model functions, else none."""
         if not isinstance(self.model_env_id, str):

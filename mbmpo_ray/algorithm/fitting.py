@@ -25,25 +25,41 @@ def fit_members(
     seed: int,
     optimizer_state: dict | None,
     new_rows: int = 0,
+    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], FitResult, dict]:
     """Fit a subset of members (given as a :meth:`DynamicsEnsemble.member_state`) on ``data``
     (``obs``, ``act``, ``next_obs`` and optionally ``row_ids`` for a fixed holdout split);
     the last ``new_rows`` rows are new since the previous fit.
 
     ``ensemble_kwargs`` describe an ensemble of just these members (``ensemble_size`` = subset).
+    ``device``: where the fit runs ("cuda": the GPU; the minibatch order still comes from a CPU
+    generator, so it is the same on either device).
 
-    Returns the fitted member state, the :class:`FitResult` and the Adam state (warm start).
+    Returns the fitted member state, the :class:`FitResult` and the Adam state (warm start),
+    as CPU tensors.
     """
     size = ensemble_kwargs["ensemble_size"]
     sub = DynamicsEnsemble(**ensemble_kwargs)
     sub.load_member_state(range(size), member_state)
+    sub.to(device)
     gen = torch.Generator().manual_seed(int(seed))
     result, opt_state = fit_ensemble(
         sub, data["obs"], data["act"], data["next_obs"], fit_config,
         generator=gen, optimizer_state=optimizer_state, row_ids=data.get("row_ids"),
         new_rows=new_rows,
     )
-    return sub.member_state(range(size)), result, opt_state
+    return _to_cpu(sub.member_state(range(size))), result, _to_cpu(opt_state)
+
+
+def _to_cpu(tree: Any) -> Any:
+    """``tree`` (dicts, lists, tuples of tensors and other values) with CPU tensors."""
+    if isinstance(tree, torch.Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_cpu(v) for v in tree)
+    return tree
 
 
 @ray.remote(max_concurrency=2)
@@ -91,11 +107,17 @@ class EnsembleFitter:
         cpus_per_trainer: CPUs each actor reserves (and torch threads it uses, at least 1).
         probe_timeout_s: seconds a pending trainer has to answer a ping.
         probe_interval_s: seconds between pings of a trainer whose fit is pending.
+        device: where the driver fits ("cuda" needs ``num_trainers == 0``; the trainer actors
+            fit on their CPUs).
     """
 
     def __init__(self, ensemble_kwargs: dict[str, Any], fit_config: FitConfig,
                  num_trainers: int = 0, cpus_per_trainer: float = 1, *,
-                 probe_timeout_s: float = 30.0, probe_interval_s: float = 5.0):
+                 probe_timeout_s: float = 30.0, probe_interval_s: float = 5.0,
+                 device: str = "cpu"):
+        if device != "cpu" and num_trainers:
+            raise ValueError(f"device={device!r} fits on the driver: num_trainers must be 0")
+        self.device = device
         self.ensemble_kwargs = dict(ensemble_kwargs)
         self.fit_config = fit_config
         self.ensemble = DynamicsEnsemble(**self.ensemble_kwargs)
@@ -150,7 +172,7 @@ class EnsembleFitter:
                  seed * 31 + g, self.optimizer_states[g], new_rows)
                 for g, members in enumerate(self.groups)]
         if not self.trainers:
-            return self._merge([fit_members(*a) for a in args], 0)
+            return self._merge([fit_members(*a, device=self.device) for a in args], 0)
         up, down = self._trainers_up()
         data_ref = ray.put(data) if up else None
         refs = {g: self.trainers[g].fit.remote(*args[g][:2], data_ref, *args[g][3:])

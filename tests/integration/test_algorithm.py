@@ -142,6 +142,8 @@ def test_imagined_start_states_are_reset_states_or_the_buffer():
         (dict(horizon=0), "horizon"),
         (dict(num_model_trainers=5), "num_model_trainers"),
         (dict(outer_optimizer="adam"), "outer_optimizer"),
+        (dict(model_device="gpu"), "model_device"),
+        (dict(model_device="cuda", num_model_trainers=1), "num_model_trainers=0"),
     ],
 )
 def test_validate_rejects_bad_settings(settings, match):
@@ -335,3 +337,12 @@ def test_learner_threads_default_to_the_cpus_the_algorithm_reserves(monkeypatch)
     assert base.copy(copy_frozen=False).training(learner_torch_threads=3).learner_threads() == 3
     remote = base.copy(copy_frozen=False).learners(num_learners=1, num_cpus_per_learner=1)
     assert remote.learner_threads() == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_settings_without_a_gpu_are_a_clear_error():
+    with pytest.raises(ValueError, match="model_device='cuda' but torch sees no CUDA"):
+        tiny(model_device="cuda").validate()
+    with pytest.raises(ValueError, match="num_gpus_per_learner=1 with a local Learner"):
+        tiny().learners(num_gpus_per_learner=1).validate()
+    tiny().learners(num_learners=1, num_gpus_per_learner=1).validate()  # a GPU node may

@@ -211,6 +211,7 @@ def test_remote_runners_remote_learner_and_model_trainers():
         (dict(actor_lr=-1.0), "actor_lr"),
         (dict(model_activation="sigmoid"), "model_activation"),
         (dict(target_entropy="high"), "target_entropy"),
+        (dict(model_device="cuda", num_model_trainers=2), "num_model_trainers=0"),
     ],
 )
 def test_validate_rejects_bad_settings(settings, match):

@@ -77,7 +77,8 @@ class MBMPO(ModelBasedAlgorithmMixin, Algorithm):
         # env_runner_restore_timeout_s for restarted env runners, sample_timeout_s per job
         self.fitter = EnsembleFitter(cfg.ensemble_kwargs(obs_dim, act_dim), cfg.fit_config,
                                      cfg.num_model_trainers, cfg.num_cpus_per_model_trainer,
-                                     probe_timeout_s=cfg.env_runner_health_probe_timeout_s)
+                                     probe_timeout_s=cfg.env_runner_health_probe_timeout_s,
+                                     device=cfg.model_device)
         self.sampler = RealSampler(self.env_runner_group, self.restore_env_runners,
                                    self._act_low, self._act_high,
                                    restore_timeout_s=cfg.env_runner_restore_timeout_s,

@@ -44,6 +44,8 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "num_model_trainers": (_NON_NEGATIVE, "Ray actors fitting the members in parallel "
                            "(0: on the driver)"),
     "num_cpus_per_model_trainer": (Rule(float, low=0), "CPUs reserved by each model trainer"),
+    "model_device": (Rule(str, choices=("cpu", "cuda")), "where the driver fits the ensemble: "
+                     "'cuda' fits on this machine's GPU (needs num_model_trainers=0)"),
     # imagination
     "rollouts_per_task": (_POSITIVE, "imagined rollouts per task"),
     "horizon": (_POSITIVE, "real episode length (and imagined rollout length unless "
@@ -176,6 +178,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.model_new_data_fraction: float = 0.0
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
+        self.model_device: str = "cpu"
         # imagination
         self.num_tasks: int = 20
         self.rollouts_per_task: int = 50
@@ -244,6 +247,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         model_new_data_fraction: float = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
+        model_device: str = NotProvided,
         num_tasks: int = NotProvided,
         rollouts_per_task: int = NotProvided,
         horizon: int = NotProvided,
@@ -367,6 +371,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
             found.append(
                 f"num_tasks={self.num_tasks} must be a multiple of ensemble_size={K} so every "
                 f"model is used equally; e.g. num_tasks={K * max(1, round(self.num_tasks / K))}")
+        found += self.device_problems()
         if self.num_model_trainers > K:
             found.append(f"num_model_trainers={self.num_model_trainers} > ensemble_size={K}: "
                          "each trainer fits at least one member; lower it")

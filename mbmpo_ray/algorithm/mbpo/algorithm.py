@@ -104,7 +104,7 @@ class MBPO(ModelBasedAlgorithmMixin, Algorithm):
         kwargs = cfg.ensemble_kwargs(obs_dim, act_dim)
         num_elites = kwargs.pop("num_elites")
         self.fitter = EnsembleFitter(kwargs, cfg.fit_config, cfg.num_model_trainers,
-                                     cfg.num_cpus_per_model_trainer)
+                                     cfg.num_cpus_per_model_trainer, device=cfg.model_device)
         self.fitter.ensemble._num_elites = num_elites
         self._on_learner(lambda learner, **kw: learner.setup_data(**kw), obs_dim=obs_dim,
                          act_dim=act_dim, action_low=self._act_low,

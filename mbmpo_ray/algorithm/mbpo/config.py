@@ -51,6 +51,8 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "num_model_trainers": (_NON_NEGATIVE, "Ray actors fitting the members in parallel "
                            "(0: on the driver)"),
     "num_cpus_per_model_trainer": (Rule(float, low=0), "CPUs reserved by each model trainer"),
+    "model_device": (Rule(str, choices=("cpu", "cuda")), "where the driver fits the ensemble: "
+                     "'cuda' fits on this machine's GPU (needs num_model_trainers=0)"),
     # model rollouts
     "rollouts_per_step": (_POSITIVE, "branched rollouts started per real step: each refit "
                           "starts rollouts_per_step x model_train_freq of them"),
@@ -176,6 +178,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.model_new_data_fraction: float = 0.0
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
+        self.model_device: str = "cpu"
         # model rollouts
         self.rollouts_per_step: int = 400
         self.rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 1)
@@ -243,6 +246,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         model_new_data_fraction: float = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
+        model_device: str = NotProvided,
         rollouts_per_step: int = NotProvided,
         rollout_schedule: tuple[int, int, int, int] = NotProvided,
         model_retain_epochs: int = NotProvided,
@@ -351,6 +355,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         if self.num_elites > self.ensemble_size:
             found.append(f"num_elites={self.num_elites} > ensemble_size={self.ensemble_size}; "
                          "lower it")
+        found += self.device_problems()
         if self.num_model_trainers > self.ensemble_size:
             found.append(f"num_model_trainers={self.num_model_trainers} > ensemble_size="
                          f"{self.ensemble_size}: each trainer fits at least one member")
