@@ -147,7 +147,70 @@ def measure(args) -> dict:
     result["cpu"] = cpu_baseline(s, threads) if threads else {}
     if args.profile and args.device == "cuda":
         result["profile"] = profile_gpu(g)
+    if args.sac:
+        result["sac"] = sac_blocks(args)
     return result
+
+
+def sac_blocks(args) -> dict:
+    """ms per MBPO SAC update (mbrl-lib's HalfCheetah sizes: SAC 512 x 512, batch 256) in
+    blocks of ``--sac-updates`` on one Learner, three ways, interleaved: the CUDA graph
+    (default), the same quiet update eagerly, and RLlib's ``_update`` for every step."""
+    import ray
+    from bench_mbpo import MBRL_LIB_SETTINGS
+
+    import tune_configs
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    settings = {**MBRL_LIB_SETTINGS, "initial_random_steps": 1000}
+    cfg = tune_configs.load_config("halfcheetah", "mbrl_lib", algo="mbpo",
+                                   model_device=args.device, **settings)
+    cfg.learners(num_gpus_per_learner=1 if args.device == "cuda" else 0)
+    algo = cfg.build_algo()
+    try:
+        algo.train()  # random steps, first fit and rollouts, one block (captures the graph)
+        lrn = algo.learner_group._learner
+        quiet = lrn._quiet_update
+        graphed = lrn._graph is not None
+
+        def run(mode: str):
+            def go():
+                lrn._graph_failed = mode != "graph"
+                lrn._quiet_update = lrn._update if mode == "rllib_update" else quiet
+                lrn.train_block(new_real=None, num_updates=args.sac_updates, seed=3)
+            return go
+
+        modes = (["graph"] if graphed else []) + ["quiet_eager", "rllib_update"]
+        variants = {m: run(m) for m in modes}
+        for fn in variants.values():
+            fn()
+        times = {m: [] for m in modes}
+        for r in range(args.reps or 3):
+            for m in modes[r % len(modes):] + modes[:r % len(modes)]:
+                times[m].append(timed(variants[m]) * 1e3 / args.sac_updates)
+            print("sac rep: " + ", ".join(f"{m} {v[-1]:.2f} ms" for m, v in times.items()),
+                  flush=True)
+        lrn._graph_failed, lrn._quiet_update = False, quiet
+        return {"updates_per_block": args.sac_updates, "graph_captured": graphed,
+                "ms_per_update": times}
+    finally:
+        algo.stop()
+        ray.shutdown()
+
+
+def sac_report(res: dict) -> str:
+    t = res["ms_per_update"]
+    base = t["rllib_update"]
+    rows = [[m, f"{C.median(v):.2f}", C.spread(v), f"{C.median_ratio(base, v):.2f}x"]
+            for m, v in t.items()]
+    return "\n".join([
+        f"- MBPO SAC updates on the same Learner (mbrl-lib's HalfCheetah sizes: SAC 512 x 512, "
+        f"batch 256), blocks of {res['updates_per_block']} updates, interleaved; graph "
+        f"captured: {res['graph_captured']}.",
+        "",
+        C.markdown_table(["update path", "ms per update (median)", "min-max",
+                          "speed-up vs RLlib's `_update` per step"], rows),
+    ])
 
 
 def report(res: dict) -> str:
@@ -196,6 +259,8 @@ def report(res: dict) -> str:
             f"({p['kernel_busy_s'] / p['wall_s_under_profiler']:.0%}; the rest is launch and "
             "Python overhead). Top kernels: " + ", ".join(
                 f"`{k[:40]}` {n}x {s:.3f} s" for k, n, s in p["top_kernels"][:5]))
+    if "sac" in res:
+        lines += ["", sac_report(res["sac"])]
     return "\n".join(lines)
 
 
@@ -206,6 +271,9 @@ def main() -> None:
     ap.add_argument("--cpu-threads", default="16",
                     help="torch thread counts of the CPU baseline ('' to skip)")
     ap.add_argument("--profile", action="store_true", help="profile one GPU meta step")
+    ap.add_argument("--sac", action="store_true",
+                    help="also time MBPO's SAC update block (graph, eager, RLlib's _update)")
+    ap.add_argument("--sac-updates", type=int, default=500, help="SAC updates per timed block")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="where the 'GPU' variants run (cpu: a smoke test of this script)")
     ap.add_argument("--out", type=Path, default=Path("."), help="folder of the JSON")

@@ -168,9 +168,9 @@ def _pre_update_diagnostics(inner: AdaptedTasks) -> Diagnostics:
     """Return, baseline fit and inner-gradient norms of the first inner step."""
     tb, grads = inner.batches[0], inner.first_grads
     num_tasks = tb.obs.shape[0]
-    pre_ret = imagined_return(inner.first_raw).detach().double().numpy()
+    pre_ret = imagined_return(inner.first_raw).detach().double().cpu().numpy()
     sq = sum(v.detach().pow(2).reshape(num_tasks, -1).sum(-1) for v in grads.values())
-    norms = torch.sqrt(sq).double().numpy()
+    norms = torch.sqrt(sq).double().cpu().numpy()
     return {
         "pre_return_per_task": pre_ret,
         "pre_return_mean": float(pre_ret.mean()),
@@ -184,7 +184,7 @@ def _post_update_diagnostics(
     raw_post: ImaginedBatch, post: TaskBatch, pre_return_mean: float
 ) -> Diagnostics:
     """Return of the adapted policies, adaptation gain and the post-update baseline fit."""
-    post_ret = imagined_return(raw_post).detach().double().numpy()
+    post_ret = imagined_return(raw_post).detach().double().cpu().numpy()
     return {
         "post_return_per_task": post_ret,
         "post_return_mean": float(post_ret.mean()),

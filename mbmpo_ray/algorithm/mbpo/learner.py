@@ -19,6 +19,7 @@ It also computes the gradients of the four SAC losses in one backward pass of th
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,21 @@ from mbmpo_ray.models import DynamicsEnsemble
 
 MBPO_LEARNER_STATE = "mbpo"
 _FIELDS = ("obs", "act", "next_obs", "reward", "done")
+logger = logging.getLogger(__name__)
+
+
+class _NoMetrics:
+    """Stands in for the Learner's MetricsLogger during :meth:`MBPOTorchLearner._quiet_update`
+    (RLlib's SAC loss logs ~12 values per call, each read back from the device)."""
+
+    def log_value(self, *args, **kwargs) -> None:
+        pass
+
+    def log_dict(self, *args, **kwargs) -> None:
+        pass
+
+
+_NO_METRICS = _NoMetrics()
 
 
 class TensorRing:
@@ -102,6 +118,10 @@ class MBPOTorchLearner(SACTorchLearner):
         self._model_t: dict[str, torch.Tensor] | None = None
         self._ensemble: DynamicsEnsemble | None = None
         self._act_low = self._act_high = None
+        self._graph: torch.cuda.CUDAGraph | None = None  # the SAC update on a GPU
+        self._graph_batch: dict[str, torch.Tensor] | None = None
+        self._graph_failed = False
+        self._targets_mains: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ data
     def setup_data(self, *, obs_dim: int, act_dim: int, action_low, action_high,
@@ -214,26 +234,128 @@ class MBPOTorchLearner(SACTorchLearner):
                                  device=dev)
         model_idx = (torch.randint(len(model["reward"]), (num_updates, n_model), generator=gen,
                                    device=dev) if n_model else None)
-        B = n_real + n_model
-        ones = torch.ones(B, device=dev)
         mid = DEFAULT_MODULE_ID
-        target_params, main_params = self._target_param_lists()
-        tau = self.config.tau
-        for i in range(num_updates):
+
+        def rows_of(i: int) -> dict[str, torch.Tensor]:
             rows = self._real.take(real_idx[i])
             if n_model:
                 rows = {k: torch.cat((rows[k], model[k][model_idx[i]])) for k in _FIELDS}
-            batch = {mid: {
-                Columns.OBS: rows["obs"], Columns.ACTIONS: rows["act"],
-                Columns.REWARDS: rows["reward"], Columns.NEXT_OBS: rows["next_obs"],
-                Columns.TERMINATEDS: rows["done"], "n_step": ones, "weights": ones,
-            }}
-            self._update(batch)
-            with torch.no_grad():  # Polyak: target <- tau * main + (1 - tau) * target
-                torch._foreach_lerp_(target_params, main_params, tau)
+            return rows
+
+        done = 0
+        if num_updates > 1 and self._use_cuda_graph():
+            done = self._graphed_updates(rows_of, num_updates - 1)
+        for i in range(done, num_updates):  # the last one through RLlib's _update: metrics
+            batch = self._sac_batch(rows_of(i))
+            if i == num_updates - 1:
+                self._update(batch)
+            else:
+                self._quiet_update(batch)
+            self._polyak()
         self._weights_seq_no += 1
         self.metrics.log_value((mid, NUM_TARGET_UPDATES), num_updates, reduce="lifetime_sum")
         return self.metrics.reduce()
+
+    def _sac_batch(self, rows: dict[str, torch.Tensor]) -> dict[str, Any]:
+        ones = torch.ones(len(rows["obs"]), device=rows["obs"].device)
+        return {DEFAULT_MODULE_ID: {
+            Columns.OBS: rows["obs"], Columns.ACTIONS: rows["act"],
+            Columns.REWARDS: rows["reward"], Columns.NEXT_OBS: rows["next_obs"],
+            Columns.TERMINATEDS: rows["done"], "n_step": ones, "weights": ones,
+        }}
+
+    def _polyak(self) -> None:
+        """target <- tau * main + (1 - tau) * target, in place (RLlib's formula)."""
+        if self._targets_mains is None:
+            self._targets_mains = self._target_param_lists()
+        targets, mains = self._targets_mains
+        with torch.no_grad():
+            torch._foreach_lerp_(targets, mains, self.config.tau)
+
+    def _quiet_update(self, batch: dict[str, Any]) -> None:
+        """RLlib's ``_update`` (forward_train, SAC loss, one backward pass, gradient
+        post-processing, Adam steps) without its metrics and per-parameter ``isfinite``
+        checks: those read GPU values back on every call (~30 device syncs per update). The
+        same maths: non-finite gradients are zeroed as RLlib's ``apply_gradients`` does
+        (``nan_to_num``), without its warning; the block's last update runs ``_update``."""
+        fwd = self.module.forward_train(batch)
+        metrics, self.metrics = self.metrics, _NO_METRICS
+        try:
+            losses = self.compute_losses(fwd_out=fwd, batch=batch)
+            grads = self.postprocess_gradients(self.compute_gradients(losses))
+        finally:
+            self.metrics = metrics
+        if not self.config.torch_skip_nan_gradients:
+            for g in grads.values():
+                if g is not None:
+                    torch.nan_to_num_(g)
+        for optim in self._optimizer_parameters:
+            optim.step()
+
+    # ------------------------------------------------------------------ CUDA graph
+    def _use_cuda_graph(self) -> bool:
+        return (self._device.type == "cuda" and self.config.sac_cuda_graph
+                and not self._graph_failed)
+
+    def _graphed_updates(self, rows_of, n: int) -> int:
+        """Updates ``0 .. k-1`` of the block (``k <= n``) as replays of one CUDA graph of
+        :meth:`_quiet_update` + the Polyak step; returns ``k``. The graph is captured once (its
+        three warm-up updates are real updates of this block) and kept until the Learner's
+        state is set; the rows are gathered into its static batch outside it. If capturing
+        fails, logs why once and updates eagerly from then on."""
+        done = 0
+        if self._graph is None:
+            done = self._capture_graph(rows_of, n)
+            if self._graph is None:
+                return done
+        static = self._graph_batch
+        for i in range(done, n):
+            rows = rows_of(i)
+            for k in _FIELDS:
+                static[k].copy_(rows[k])
+            self._graph.replay()
+        return n
+
+    def _capture_graph(self, rows_of, n: int) -> int:
+        """Warm up on a side stream (3 real updates, at most ``n``), then capture one update
+        with Adam in capturable mode (its step counters on the GPU, no host reads; it stays
+        so for the eager updates too). Returns the updates done."""
+        first = rows_of(0)
+        static = {k: v.clone() for k, v in first.items()}
+        batch = self._sac_batch(static)
+        optims = list(self._optimizer_parameters)
+        for optim in optims:
+            for group in optim.param_groups:
+                group["capturable"] = True
+            for state in optim.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].to(device=self._device, dtype=torch.float32)
+        done = 0
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            while done < min(3, n):
+                for k in _FIELDS:
+                    static[k].copy_(rows_of(done)[k])
+                self._quiet_update(batch)
+                self._polyak()
+                done += 1
+        torch.cuda.current_stream().wait_stream(side)
+        if done == n:
+            return done
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._quiet_update(batch)
+                self._polyak()
+        except Exception as e:  # noqa: BLE001 - any capture failure: stay eager
+            logger.warning("MBPO: capturing the SAC update as a CUDA graph failed (%s: %s); "
+                           "updating eagerly", type(e).__name__, e)
+            self._graph_failed = True
+            torch.cuda.synchronize()
+            return done
+        self._graph, self._graph_batch = graph, static
+        return done
 
     def _target_param_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Parameters of the target networks and of their main networks, in matching order
@@ -258,6 +380,18 @@ class MBPOTorchLearner(SACTorchLearner):
         self._temp_losses.clear()
         return TorchLearner.compute_gradients(self, loss_per_module, **kwargs)
 
+    @override(SACTorchLearner)
+    def _get_optimizer_state(self) -> dict[str, Any]:
+        """RLlib's, with Adam's ``capturable`` flag off (set on a GPU for the CUDA graph), so
+        a checkpoint loads into a CPU Learner too (the flag decides where Adam's step
+        counters live)."""
+        state = super()._get_optimizer_state()
+        for entry in state.values():
+            for group in entry["state"].get("param_groups", []):
+                if "capturable" in group:
+                    group["capturable"] = False
+        return state
+
     # ------------------------------------------------------------------ state
     def model_buffer_state(self) -> dict[str, Any]:
         return self._model_buffer.get_state()
@@ -279,6 +413,8 @@ class MBPOTorchLearner(SACTorchLearner):
     @override(SACTorchLearner)
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
+        self._graph = self._graph_batch = None  # new optimizer state tensors: recapture
+        self._targets_mains = None
         ours = state.get(MBPO_LEARNER_STATE)
         if ours is None:
             return
