@@ -52,7 +52,9 @@ class MBMPOTorchRLModule(TorchRLModule):
         with torch.no_grad():
             for k in self.policy.param_names:
                 p = self.params[k]
-                p.copy_(torch.as_tensor(np.asarray(params[k]), dtype=p.dtype, device=p.device))
+                v = params[k]
+                v = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+                p.copy_(v.to(dtype=p.dtype, device=p.device))
 
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
