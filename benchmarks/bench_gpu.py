@@ -164,7 +164,7 @@ def sac_blocks(args) -> dict:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     settings = {**MBRL_LIB_SETTINGS, "initial_random_steps": 1000}
     cfg = tune_configs.load_config("halfcheetah", "mbrl_lib", algo="mbpo",
-                                   model_device=args.device, **settings)
+                                   model_device=args.device, sac_cuda_graph=True, **settings)
     cfg.learners(num_gpus_per_learner=1 if args.device == "cuda" else 0)
     algo = cfg.build_algo()
     try:

@@ -6,6 +6,7 @@ Skipped where torch sees no CUDA device (CI has none); run on a GPU machine with
 """
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -67,8 +68,13 @@ def _imagined(device):
     raw = imagine(ens, lambda o, g: policy.sample(task_params, o, g, batched=True), start, 20,
                   spec.reward_fn, spec.termination_fn, action_low=-2.0, action_high=2.0,
                   generator=gen)
-    raw = raw.to(device)
-    to = lambda p: {k: v.to(device) for k, v in p.items()}  # noqa: E731
+    # float64 on both devices, so their results agree to rounding (in float32 the line
+    # search took 6 steps on one device and 7 on the other on the same batch)
+    raw = dataclasses.replace(raw, **{
+        f.name: getattr(raw, f.name).double() for f in dataclasses.fields(raw)
+        if isinstance(getattr(raw, f.name), torch.Tensor)
+        and getattr(raw, f.name).is_floating_point()}).to(device)
+    to = lambda p: {k: v.to(device, torch.float64) for k, v in p.items()}  # noqa: E731
     tb = estimate_advantages(policy, to(task_params), raw, cfg.gamma, cfg.gae_lambda,
                              cfg.normalize_advantages, cfg.baseline_reg_coeff)
     return policy, to(params), tb, cfg
@@ -84,7 +90,7 @@ def test_trpo_outer_step_on_gpu_matches_cpu():
         steps[dev] = torch.cat([(new[k] - params[k]).double().cpu().flatten() for k in new])
     assert diags["cuda"]["ls_steps"] == diags["cpu"]["ls_steps"], diags
     rel = float((steps["cuda"] - steps["cpu"]).norm() / steps["cpu"].norm())
-    assert steps["cpu"].norm() > 0 and rel < 1e-3, (rel, diags)
+    assert steps["cpu"].norm() > 0 and rel < 1e-6, (rel, diags)
 
 
 def test_meta_step_runs_on_gpu():
@@ -143,7 +149,7 @@ def test_mbpo_sac_updates_as_a_cuda_graph_match_eager_updates():
     """A block of SAC updates replayed from the captured CUDA graph moves the critics like
     the eager updates on the same batches (the policy's sampling noise differs, so the
     comparison is of directions, not bits)."""
-    cfg = tune_configs.load_config("pendulum", "smoke", algo="mbpo")
+    cfg = tune_configs.load_config("pendulum", "smoke", algo="mbpo", sac_cuda_graph=True)
     algo = cfg.copy(copy_frozen=False).learners(num_gpus_per_learner=1).build_algo()
     try:
         algo.train()

@@ -76,7 +76,8 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "learner_torch_threads": (Rule(int, low=1, optional=True),
                               "torch threads of the Learner (None: its CPUs, or 1)"),
     "sac_cuda_graph": (Rule(bool), "on a GPU Learner, replay the SAC update (forward, loss, "
-                       "backward, Adam, Polyak) as one captured CUDA graph"),
+                       "backward, Adam, Polyak) as one captured CUDA graph (experimental: not "
+                       "yet run on a GPU; falls back to eager updates if capturing fails)"),
     # reporting
     "eval_episodes_per_iter": (_NON_NEGATIVE, "real episodes per iteration with the current "
                                "policy on a separate evaluation env"),
@@ -194,7 +195,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.sac_hidden_sizes: tuple[int, ...] = (256, 256)
         self.sac_activation: str = "relu"
         self.learner_torch_threads: int | None = None
-        self.sac_cuda_graph: bool = True
+        self.sac_cuda_graph: bool = False
         # reporting
         self.eval_episodes_per_iter: int = 1
         self.eval_explore: bool = False
