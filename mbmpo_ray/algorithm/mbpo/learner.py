@@ -7,10 +7,12 @@ maths:
   buffer (:class:`~mbmpo_ray.buffer.ModelBuffer`, refilled every refit by
   :meth:`model_rollouts`, kept here next to the policy that generates it);
 * :meth:`train_block`: ``num_updates`` SAC gradient steps in ONE call, each on a fresh batch
-  of ``int(batch * real_ratio)`` real + the rest model rows, each through RLlib's own
-  ``_update`` (``forward_train`` -> SAC loss -> per-optimiser gradients -> Adam steps), then a
-  Polyak target update with ``tau`` after every step (RLlib's SAC updates the targets once per
-  ``update`` call; the step is RLlib's ``update_target_network`` formula done in place);
+  of ``int(batch * real_ratio)`` real + the rest model rows, each RLlib's ``_update``
+  (``forward_train`` -> SAC loss -> gradients -> Adam steps; the block's last one exactly that,
+  the others without its metrics and host reads, :meth:`_quiet_update`, or on a GPU with
+  ``sac_cuda_graph`` as replays of one captured CUDA graph), then a Polyak target update with
+  ``tau`` after every step (RLlib's SAC updates the targets once per ``update`` call; the step
+  is RLlib's ``update_target_network`` formula done in place);
 * ``log_alpha`` and the model buffer in the Learner state, so checkpoints carry them.
 
 It also computes the gradients of the four SAC losses in one backward pass of their sum
