@@ -112,6 +112,16 @@ PENDULUM_MODEL_BIAS = dict(
     iterations=6,
 )
 
+# ... and with biases small enough that the models stay usable (0.01-0.03 per step, about the
+# size of a step's change of cos and sin): where adaptation could make a difference
+PENDULUM_MODEL_BIAS_SMALL = dict(
+    config="pendulum",
+    variant="default",
+    grid=_bias_grid((0.01, 0.03)),
+    seeds=3,
+    iterations=6,
+)
+
 # Two trials x two iterations of a tiny Pendulum run: for tests and trying the cluster path.
 SMOKE = dict(
     config="pendulum",
@@ -181,6 +191,7 @@ SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "s
           "pendulum_horizon": PENDULUM_HORIZON, "model_bias": MODEL_BIAS,
           "long_horizon": LONG_HORIZON, "pendulum_long_horizon": PENDULUM_LONG_HORIZON,
           "pendulum_model_bias": PENDULUM_MODEL_BIAS,
+          "pendulum_model_bias_small": PENDULUM_MODEL_BIAS_SMALL,
           "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
           "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
           "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}
