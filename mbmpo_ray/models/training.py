@@ -79,6 +79,11 @@ class FitConfig:
     model_improvement_threshold: float = setting(
         0.01, "relative validation improvement that resets a member's patience counter",
         Rule(float, low=0, high=1, open_high=True))
+    model_val_space: str = setting(
+        "normalized", "space of the validation MSE that early stopping and the elite choice "
+        "use: 'normalized' deltas (every state dimension counts alike) or 'raw' deltas in the "
+        "env's units (as mbrl-lib and the MBPO reference; large dimensions such as velocities "
+        "dominate, and fits stop sooner)", Rule(str, choices=("normalized", "raw")))
     model_bootstrap: bool = setting(
         True, "each member trains on its own bootstrap resample (else its own permutation) of "
         "the training rows", Rule(bool))
@@ -175,15 +180,20 @@ def _to_checked_tensors(
 
 @torch.no_grad()
 def _member_mse(
-    ensemble: DynamicsEnsemble, x_n: torch.Tensor, y_n: torch.Tensor, chunk: int
+    ensemble: DynamicsEnsemble, x_n: torch.Tensor, y_n: torch.Tensor, chunk: int,
+    space: str = "normalized",
 ) -> torch.Tensor:
-    """``[K]`` MSE of every member on the same rows ``x_n`` (``N x I``) -> ``y_n`` (``N x D``)."""
+    """``[K]`` MSE of every member on the same rows ``x_n`` (``N x I``) -> ``y_n`` (``N x D``),
+    on the normalised deltas, or (``space="raw"``) on the deltas in the env's units (each
+    dimension's squared error times the delta normaliser's variance)."""
     k = ensemble.ensemble_size
+    weight = ensemble.delta_normalizer.std.square().to(y_n) if space == "raw" else None
     sse = x_n.new_zeros(k)
     for start in range(0, x_n.shape[0], chunk):
         xb = x_n[start : start + chunk]
         mean, _ = ensemble.forward_normalized(xb.unsqueeze(0).expand(k, -1, -1))
-        sse += (mean - y_n[start : start + chunk]).square().sum(dim=(1, 2))
+        sq = (mean - y_n[start : start + chunk]).square()
+        sse += (sq if weight is None else sq * weight).sum(dim=(1, 2))
     return sse / (x_n.shape[0] * y_n.shape[1])
 
 
@@ -554,7 +564,8 @@ def fit_ensemble(
 
     fit_data = _normalised_data(ensemble, obs_t, act_t, next_t, train_idx, val_idx, cfg)
     member_params = ensemble.member_parameters()
-    val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size)
+    val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
+                      cfg.model_val_space)
     stop = _EarlyStopping.start(member_params, val, dtype, device)
     history = [float(val.mean())]
     boot = (torch.randint(n_train, (k, n_train), generator=generator)
@@ -567,7 +578,8 @@ def fit_ensemble(
         epoch_train = _train_epoch(
             ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size
         )
-        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size)
+        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
+                          cfg.model_val_space)
         # Divergence guard. NaN/inf weights after any step make every later loss non-finite,
         # so checking the summed epoch losses and the end-of-epoch validation covers each step.
         if not (bool(torch.isfinite(epoch_train).all()) and bool(torch.isfinite(val).all())):

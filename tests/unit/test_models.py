@@ -214,12 +214,13 @@ def test_fit_config_rejects_wrong_types_and_values_all_at_once():
                     model_patience=0, model_bootstrap="yes", eval_batch_size=0,
                     model_weight_decay=-1.0, model_max_epochs=-1, model_max_holdout=None,
                     model_improvement_threshold=float("nan"), update_normalizers=1,
-                    model_fit_steps=-5, model_check_steps=0, model_new_data_fraction=1.5)
+                    model_fit_steps=-5, model_check_steps=0, model_new_data_fraction=1.5,
+                    model_val_space="log")
     found = bad.problems()
     assert len(found) == len(dataclasses.fields(FitConfig))  # every field is wrong
     for name in ("model_batch_size", "model_lr", "model_holdout_ratio", "model_patience"):
         assert any(p.startswith(name + " must be") for p in found), name
-    with pytest.raises(ValueError, match=r"FitConfig: 14 invalid") as err:
+    with pytest.raises(ValueError, match=r"FitConfig: 15 invalid") as err:
         bad.validate()
     assert "model_batch_size must be an integer >= 1, got 2.5" in str(err.value)
     assert "model_lr must be a number > 0, got 'abc' (str)" in str(err.value)
@@ -343,6 +344,28 @@ def test_early_stopping_freezes_members_and_keeps_best_weights():
     for k in range(K):
         after = vals[res.epochs[k] :, k]
         assert np.allclose(after, res.val_loss[k], rtol=1e-6)
+
+
+def test_raw_validation_space_is_the_mse_of_raw_deltas():
+    """model_val_space='raw' scores the held-out MSE in the env's units (mbrl-lib's and the
+    MBPO reference's early-stopping metric): equal to the MSE of the predicted raw deltas."""
+    obs, act, nxt = linear_system(1500, noise=0.05)
+    nxt[:, 0] = obs[:, 0] + 40.0 * (nxt[:, 0] - obs[:, 0])  # one large dimension
+    ens = make()
+    res, _ = fit_ensemble(ens, obs, act, nxt, FitConfig(model_batch_size=100, model_max_epochs=3,
+                          model_val_space="raw"), generator=gen())
+    idx = torch.from_numpy(res.holdout_indices)
+    x = ens.input_normalizer.normalize(torch.cat((torch.from_numpy(obs), torch.from_numpy(act)), 1))
+    y = ens.delta_normalizer.normalize(torch.from_numpy(nxt - obs))
+    raw = _member_mse(ens, x[idx], y[idx], 4096, "raw").numpy()
+    with torch.no_grad():
+        mean, _ = ens.forward_normalized(x[idx].unsqueeze(0).expand(K, -1, -1))
+        delta = ens.delta_normalizer.denormalize(mean)
+    direct = (delta - torch.from_numpy(nxt - obs)[idx]).square().mean(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(raw, direct, rtol=1e-4)
+    np.testing.assert_allclose(res.val_loss, raw, rtol=1e-5)
+    normalized = _member_mse(ens, x[idx], y[idx], 4096).numpy()
+    assert (raw > 10 * normalized).all()  # dominated by the large dimension
 
 
 def test_warm_start_begins_from_lower_loss():

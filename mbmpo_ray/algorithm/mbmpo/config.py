@@ -117,7 +117,7 @@ META_SETTINGS = ("num_tasks", "inner_lr", "num_inner_steps", "first_order", "gae
                  "hvp_subsample", "ppo_clip", "ppo_epochs", "ppo_lr")
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_max_epochs", "model_patience",
                 "model_holdout_ratio", "model_max_holdout", "model_fit_steps",
-                "model_check_steps", "model_new_data_fraction")
+                "model_check_steps", "model_new_data_fraction", "model_val_space")
 
 
 def setting_docs() -> dict[str, str]:
@@ -176,6 +176,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.model_fit_steps: int = 0
         self.model_check_steps: int = 50
         self.model_new_data_fraction: float = 0.0
+        self.model_val_space: str = "normalized"
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
         self.model_device: str = "cpu"
@@ -245,6 +246,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         model_fit_steps: int = NotProvided,
         model_check_steps: int = NotProvided,
         model_new_data_fraction: float = NotProvided,
+        model_val_space: str = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
         model_device: str = NotProvided,

@@ -87,7 +87,7 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_weight_decay", "model_max_epochs",
                 "model_patience", "model_holdout_ratio", "model_max_holdout",
                 "model_improvement_threshold", "model_fit_steps", "model_check_steps",
-                "model_new_data_fraction")
+                "model_new_data_fraction", "model_val_space")
 # RLlib's SAC settings MBPO uses, with what they accept here
 SAC_SETTINGS: dict[str, tuple[Rule, str]] = {
     "actor_lr": (Rule(float, low=0, open_low=True), "Adam lr of the policy (MBPO: 3e-4; "
@@ -179,6 +179,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.model_fit_steps: int = 0
         self.model_check_steps: int = 50
         self.model_new_data_fraction: float = 0.0
+        self.model_val_space: str = "normalized"
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
         self.model_device: str = "cpu"
@@ -248,6 +249,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         model_fit_steps: int = NotProvided,
         model_check_steps: int = NotProvided,
         model_new_data_fraction: float = NotProvided,
+        model_val_space: str = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
         model_device: str = NotProvided,
