@@ -138,6 +138,15 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
     tune_logger.addHandler(watch)
     try:
         results = tuner.fit()
+    except ValueError as e:
+        if "__ref_ph" not in str(e):
+            raise
+        # Tune's placeholders of the stored trial configs no longer resolve: the settings
+        # changed since the experiment started (e.g. a newer mbmpo-ray added some)
+        raise ValueError(
+            "could not resume: the experiment was started with other settings (an older "
+            "mbmpo-ray?); run the sweep as a new experiment with --name NEW, or move "
+            f"{plan['storage'] / plan['name']} aside (its finished trials stay there)") from None
     finally:
         tune_logger.removeHandler(watch)
     unfinished = print_results(results, sweep, iterations, interrupted=watch.seen,

@@ -197,6 +197,24 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatc
         main(["train", "--config", "nosuchenv", "--debug"])
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_resume_of_an_experiment_from_other_settings_says_what_to_do(monkeypatch, tmp_path,
+                                                                     capsys):
+    """Tune fails to resolve a restored experiment's configs when the settings changed since
+    it started (seen after an upgrade): one line that says so and what to do."""
+    import mbmpo_ray.tuning as tuning
+
+    class Stale:
+        def fit(self):
+            raise ValueError("`module` (('__ref_ph', 'e13bb6c8') must be type or string "
+                             "(classpath)!")
+
+    monkeypatch.setattr(tuning, "_make_tuner", lambda args, plan: Stale())
+    code, err = run_main(["tune", "smoke", "--resume", "--storage", str(tmp_path)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "could not resume" in err and "--name NEW" in err and "__ref_ph" not in err
+
+
 def test_bad_input_table_is_the_issue_floor():
     assert len(BAD_INPUTS) >= 36
 
