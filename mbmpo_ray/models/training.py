@@ -83,7 +83,7 @@ class FitConfig:
         "normalized", "space of the validation MSE that early stopping and the elite choice "
         "use: 'normalized' deltas (every state dimension counts alike) or 'raw' deltas in the "
         "env's units (as mbrl-lib and the MBPO reference; large dimensions such as velocities "
-        "dominate, and fits stop sooner)", Rule(str, choices=("normalized", "raw")))
+        "dominate)", Rule(str, choices=("normalized", "raw")))
     model_bootstrap: bool = setting(
         True, "each member trains on its own bootstrap resample (else its own permutation) of "
         "the training rows", Rule(bool))
