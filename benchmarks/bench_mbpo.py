@@ -99,7 +99,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     algo = config.build_algo()
     rows, cum = [], dict.fromkeys(PHASES, 0.0)
     wall = 0.0
-    out_csv = RESULTS / "mbpo_vs_mbrl_lib.csv"
+    out_csv = getattr(args, "out_csv", None) or RESULTS / "mbpo_vs_mbrl_lib.csv"
     try:
         with open(out_csv, "w", newline="") as fh:
             fields = ["real_steps", "wall_s", *(f"{p}_s" for p in PHASES), "other_s",
