@@ -6,10 +6,14 @@ iteration ``real_steps, return, wall_s`` to its own CSV::
 
     benchmarks/results/sample_efficiency/<env>_<method>_seed<k>.csv
 
-A run whose CSV ends with a ``# done`` line is skipped, so an interrupted experiment continues
-where it stopped (a run cut off mid-way restarts from scratch). ``--report`` reads all CSVs and
-writes the table (real steps to each threshold, ratios PPO/MB-MPO and SAC/MB-MPO, returns at
-fixed step counts, wall-clock) and a PNG (mean and min-max over seeds) into BENCHMARKS.md.
+A run whose CSV ends with a ``# done`` line is skipped, and a run cut off mid-way continues from
+its last checkpoint (saved every ``--checkpoint-s`` seconds into the git-ignored
+``results/sample_efficiency/checkpoints/<run>/``; SAC's replay buffer is saved beside RLlib's
+checkpoint, which leaves it out): its CSV keeps the rows up to that checkpoint, marks the
+resumption with a ``# resumed`` line and counts wall-clock on from there. ``--report`` reads all
+CSVs and writes the table (real steps to each threshold, ratios PPO/MB-MPO and SAC/MB-MPO,
+returns at fixed step counts, wall-clock) and a PNG (mean and min-max over seeds) into
+BENCHMARKS.md.
 
 Returns: MB-MPO reports real episodes of its pre-update policy (sampled, as in training) after
 each iteration; PPO and SAC report RLlib's ``env_runners/episode_return_mean`` (their sampled
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import pickle
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -149,9 +155,14 @@ def is_done(path: Path) -> bool:
 
 
 def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
-            results: Path = RESULTS, overrides: dict | None = None) -> Path:
-    """Train one run to its budget, appending a CSV row per iteration; skip a finished run.
-    ``overrides`` (MB-MPO only) change its config and name the run (:func:`variant_name`)."""
+            results: Path = RESULTS, overrides: dict | None = None,
+            checkpoint_s: float = 300.0) -> Path:
+    """Train one run to its budget, appending a CSV row per iteration; skip a finished run and
+    continue one that was cut off (:func:`_resume`). ``overrides`` (MB-MPO only) change its
+    config and name the run (:func:`variant_name`). A checkpoint is saved after an iteration
+    when ``checkpoint_s`` seconds have passed since the last one (0: after every iteration)."""
+    from mbmpo_ray.algorithm.checkpoints import latest_checkpoint, save_checkpoint
+
     overrides = overrides if method == "mbmpo" else None
     name = variant_name(overrides) if overrides else method
     path = results / f"{env_name}_{name}_seed{seed}.csv"
@@ -159,23 +170,69 @@ def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
         print(f"skip {path.name} (done)", flush=True)
         return path
     budget = budget or ENVS[env_name][2][method]
+    ckpt_dir = results / "checkpoints" / path.stem
     path.parent.mkdir(parents=True, exist_ok=True)
     algo = BUILDERS[method](env_name, seed, **(overrides or {}))
-    t0 = time.perf_counter()
+    ckpt = latest_checkpoint(ckpt_dir) if path.exists() else None
+    lines, wall0 = (_resume(algo, method, ckpt, path) if ckpt is not None
+                    else (["real_steps,episode_return_mean,wall_s"], 0.0))
+    if ckpt is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a new run: never mix in an old one's
+    t0 = time.perf_counter() - wall0
+    last_save = time.perf_counter()
     try:
         with open(path, "w", newline="") as f:
+            f.write("\n".join(lines) + "\n")
             writer = csv.writer(f)
-            writer.writerow(["real_steps", "episode_return_mean", "wall_s"])
-            steps = 0
+            data = [line for line in lines[1:] if not line.startswith("#")]
+            rows, steps = len(data), int(data[-1].split(",")[0]) if data else 0
             while steps < budget:
                 steps, ret = _steps_and_return(method, algo.train())
+                rows += 1
                 writer.writerow([steps, f"{ret:.2f}", f"{time.perf_counter() - t0:.1f}"])
                 f.flush()
+                if steps < budget and time.perf_counter() - last_save >= checkpoint_s:
+                    save_checkpoint(lambda d: _save(algo, method, d), ckpt_dir, rows, keep=1,
+                                    extra={"rows": rows, "wall_s": time.perf_counter() - t0})
+                    last_save = time.perf_counter()
             f.write(f"# done load {load_average()}\n")
     finally:
         algo.stop()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: its CSV is all that is kept
     print(f"{path.name}: {steps} real steps in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
+
+
+_REPLAY_BUFFER = "replay_buffer.pkl"
+
+
+def _save(algo, method: str, directory: str) -> None:
+    """RLlib's checkpoint of ``algo``, plus SAC's replay buffer (RLlib's leaves it out)."""
+    algo.save_to_path(directory)
+    if method == "sac":
+        with open(Path(directory) / _REPLAY_BUFFER, "wb") as f:
+            pickle.dump(algo.local_replay_buffer.get_state(), f)
+
+
+def _resume(algo, method: str, ckpt: Path, path: Path) -> tuple[list[str], float]:
+    """Restore ``algo`` from ``ckpt``; the CSV lines up to it plus a ``# resumed`` marker, and
+    the wall-clock seconds the run had used by then."""
+    from mbmpo_ray.algorithm.checkpoints import read_manifest
+
+    manifest = read_manifest(ckpt)
+    algo.restore_from_path(str(ckpt))
+    if method == "sac":
+        with open(ckpt / _REPLAY_BUFFER, "rb") as f:
+            algo.local_replay_buffer.set_state(pickle.load(f))
+    lines, rows = [], -1  # the header is not a row
+    for line in path.read_text().splitlines():
+        rows += not line.startswith("#")
+        if rows > manifest["rows"]:
+            break
+        lines.append(line)
+    lines.append(f"# resumed after row {manifest['rows']} load {load_average()}")
+    print(f"{path.name}: resumed from {ckpt} ({manifest['rows']} iterations)", flush=True)
+    return lines, float(manifest["wall_s"])
 
 
 # ----------------------------------------------------------------------------------- report
@@ -307,6 +364,9 @@ def main() -> int:
     p.add_argument("--report", action="store_true", help="only write the report")
     p.add_argument("--budget", type=int, help="override the real-step budget (smoke runs)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
+                   help="save a checkpoint after an iteration when S seconds have passed since "
+                        "the last one (0: every iteration); a cut-off run resumes from it")
     p.add_argument("--mbmpo-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an MB-MPO variant: override a setting of the config's DEFAULT "
                         "(repeatable); its runs are reported as mbmpo+KEY=VALUE")
@@ -330,7 +390,8 @@ def main() -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     for seed in args.seeds:  # seeds outermost: every method gets its first seeds early
         for method in args.methods:
-            run_one(args.env, method, seed, args.budget, args.out, overrides)
+            run_one(args.env, method, seed, args.budget, args.out, overrides,
+                    args.checkpoint_s)
     if args.out == RESULTS:
         report()
     return 0

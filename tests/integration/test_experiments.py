@@ -1,0 +1,67 @@
+"""benchmarks/exp_sample_efficiency.py: a run cut off mid-way continues from its checkpoint."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import exp_sample_efficiency as exp  # noqa: E402
+
+
+class _CutOff(Exception):
+    pass
+
+
+def _data_rows(path: Path) -> list[list[float]]:
+    lines = path.read_text().splitlines()[1:]
+    return [[float(x) for x in line.split(",")] for line in lines if not line.startswith("#")]
+
+
+def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, monkeypatch):
+    """SAC on Pendulum, checkpoint after every iteration, killed (an exception) in its 3rd
+    iteration, then run again: the second run restores the policy, RLlib's counters and the
+    replay buffer, keeps the 2 finished rows and goes on to the budget."""
+    real = exp._steps_and_return
+    calls = {"n": 0}
+
+    def cut_after_two(method, result):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _CutOff
+        return real(method, result)
+
+    monkeypatch.setattr(exp, "_steps_and_return", cut_after_two)
+    with pytest.raises(_CutOff):
+        exp.run_one("pendulum", "sac", 0, budget=10_000, results=tmp_path, checkpoint_s=0)
+    csv_path = tmp_path / "pendulum_sac_seed0.csv"
+    first_text = csv_path.read_text()
+    first = _data_rows(csv_path)
+    assert len(first) == 2 and not exp.is_done(csv_path)
+    ckpt_dir = tmp_path / "checkpoints" / "pendulum_sac_seed0"
+    assert (ckpt_dir / "checkpoint" / exp._REPLAY_BUFFER).is_file()
+
+    restored = {}
+    real_resume = exp._resume
+
+    def spy_resume(algo, method, ckpt, path):
+        out = real_resume(algo, method, ckpt, path)
+        restored["buffer_steps"] = algo.local_replay_buffer.get_num_timesteps()
+        return out
+
+    monkeypatch.setattr(exp, "_steps_and_return", real)
+    monkeypatch.setattr(exp, "_resume", spy_resume)
+    budget = int(first[-1][0]) + 1  # one more iteration after the checkpoint finishes it
+    exp.run_one("pendulum", "sac", 0, budget=budget, results=tmp_path, checkpoint_s=0)
+
+    assert exp.is_done(csv_path)
+    text = csv_path.read_text()
+    assert "# resumed after row 2" in text
+    assert text.startswith(first_text)  # the rows before the cut are kept as they were
+    rows = _data_rows(csv_path)
+    assert len(rows) >= 3 and rows[-1][0] >= budget
+    steps = [r[0] for r in rows]
+    assert steps == sorted(steps)  # RLlib's lifetime counter went on from the checkpoint
+    assert rows[2][2] >= first[1][2]  # wall-clock counts on, not from zero
+    assert restored["buffer_steps"] == first[-1][0]  # every sampled step is back in the buffer
+    assert not ckpt_dir.exists()  # a finished run keeps only its CSV
