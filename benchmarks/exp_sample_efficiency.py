@@ -1,4 +1,7 @@
-"""Sample efficiency, same harness: MB-MPO vs RLlib PPO vs RLlib SAC (issue 13, claim 1).
+"""Sample efficiency, same harness: MB-MPO vs RLlib PPO vs RLlib SAC (issue 13, claim 1), and
+MBPO vs RLlib SAC at horizon 1000 (issue 11: envs ``halfcheetah_h1000`` and ``hopper_h1000``,
+MBPO capped at two hours by ``--max-minutes 120``, SAC then given MBPO's real steps by
+``--budget``).
 
 Every run builds its env the same way (``mbmpo_ray.envs.make_env`` through an ``EnvCreator``:
 same horizon, same observation), counts only real env steps, and logs after every training
@@ -16,11 +19,15 @@ returns at fixed step counts, wall-clock) and a PNG (mean and min-max over seeds
 BENCHMARKS.md.
 
 Returns: MB-MPO reports real episodes of its pre-update policy (sampled, as in training) after
-each iteration; PPO and SAC report RLlib's ``env_runners/episode_return_mean`` (their sampled
-training episodes), smoothed over the last 5 episodes for SAC as in RLlib's tuned example.
+each iteration; MBPO its sampled training episodes (``train_return_mean``: iterations of 250
+real steps in which none ended report nothing); PPO and SAC report RLlib's
+``env_runners/episode_return_mean`` (their sampled training episodes), smoothed over the last 5
+episodes for SAC as in RLlib's tuned example.
 
     .venv/bin/python benchmarks/exp_sample_efficiency.py --env pendulum --methods mbmpo ppo \
         --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/exp_sample_efficiency.py --env halfcheetah_h1000 --methods mbpo \
+        --seeds 0 --max-minutes 120
     .venv/bin/python benchmarks/exp_sample_efficiency.py --report
 """
 
@@ -48,7 +55,8 @@ from _common import (  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "sample_efficiency"
 
-# env config name -> (env id, horizon, budget of real steps per method, return thresholds)
+# env name -> (env id, horizon, budget of real steps per method, return thresholds); the
+# MB-MPO / MBPO config of an env is the ``tune_configs`` module of its name (or CONFIG_OF's)
 ENVS = {
     "pendulum": ("Pendulum-v1", 200,
                  {"mbmpo": 10_000, "ppo": 300_000, "sac": 20_000}, (-700, -400, -300, -200)),
@@ -56,7 +64,15 @@ ENVS = {
                           {"mbmpo": 15_000, "ppo": 300_000, "sac": 15_000}, (200, 500, 950)),
     "halfcheetah": ("HalfCheetah-v5", 200,
                     {"mbmpo": 100_000, "ppo": 1_000_000, "sac": 100_000}, (0, 200, 400, 500)),
+    # issue 11: MBPO next to SAC at horizon 1000 (MBPO runs are capped by --max-minutes)
+    "halfcheetah_h1000": ("HalfCheetah-v5", 1000, {"mbpo": 100_000, "sac": 100_000},
+                          (0, 1000, 2000, 3000)),
+    "hopper_h1000": ("Hopper-v5", 1000, {"mbpo": 100_000, "sac": 100_000},
+                     (500, 1000, 2000, 3000)),
 }
+CONFIG_OF = {"halfcheetah_h1000": "halfcheetah", "hopper_h1000": "hopper"}
+# envs reported in their own section (MBPO vs SAC, issue 11) rather than MB-MPO's (issue 13)
+MBPO_ENVS = ("halfcheetah_h1000", "hopper_h1000")
 STEPS_REPORTED = (10_000, 20_000, 100_000)
 
 
@@ -77,7 +93,16 @@ def build_mbmpo(env_name: str, seed: int, **overrides):
     """The env config's DEFAULT variant (``overrides``: a variant run, ``--mbmpo-set``)."""
     import tune_configs
 
-    return tune_configs.load_config(env_name, "default", seed=seed, **overrides).build_algo()
+    return tune_configs.load_config(CONFIG_OF.get(env_name, env_name), "default", seed=seed,
+                                    **overrides).build_algo()
+
+
+def build_mbpo(env_name: str, seed: int):
+    """MBPO at its env config's DEFAULT variant (the reference code's settings)."""
+    import tune_configs
+
+    return tune_configs.load_config(CONFIG_OF.get(env_name, env_name), "default", algo="mbpo",
+                                    seed=seed, horizon=ENVS[env_name][1]).build_algo()
 
 
 def variant_name(overrides: dict) -> str:
@@ -136,12 +161,15 @@ def build_sac(env_name: str, seed: int):
     )
 
 
-BUILDERS = {"mbmpo": build_mbmpo, "ppo": build_ppo, "sac": build_sac}
+BUILDERS = {"mbmpo": build_mbmpo, "mbpo": build_mbpo, "ppo": build_ppo, "sac": build_sac}
 
 
 def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
     if method == "mbmpo":
         return int(result["num_real_steps_lifetime"]), float(result["episode_return_mean"])
+    if method == "mbpo":  # its sampled training episodes, like SAC's (nan: none ended)
+        return (int(result["num_real_steps_lifetime"]),
+                float(result.get("train_return_mean", np.nan)))
     runners = result.get("env_runners", {})
     steps = result.get("num_env_steps_sampled_lifetime",
                        runners.get("num_env_steps_sampled_lifetime", 0))
@@ -156,11 +184,12 @@ def is_done(path: Path) -> bool:
 
 def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
             results: Path = RESULTS, overrides: dict | None = None,
-            checkpoint_s: float = 300.0) -> Path:
-    """Train one run to its budget, appending a CSV row per iteration; skip a finished run and
-    continue one that was cut off (:func:`_resume`). ``overrides`` (MB-MPO only) change its
-    config and name the run (:func:`variant_name`). A checkpoint is saved after an iteration
-    when ``checkpoint_s`` seconds have passed since the last one (0: after every iteration)."""
+            checkpoint_s: float = 300.0, max_minutes: float | None = None) -> Path:
+    """Train one run to its budget of real steps (or of ``max_minutes`` of wall-clock, resumed
+    time included), appending a CSV row per iteration; skip a finished run and continue one
+    that was cut off (:func:`_resume`). ``overrides`` (MB-MPO only) change its config and name
+    the run (:func:`variant_name`). A checkpoint is saved after an iteration when
+    ``checkpoint_s`` seconds have passed since the last one (0: after every iteration)."""
     from mbmpo_ray.algorithm.checkpoints import latest_checkpoint, save_checkpoint
 
     overrides = overrides if method == "mbmpo" else None
@@ -186,7 +215,8 @@ def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
             writer = csv.writer(f)
             data = [line for line in lines[1:] if not line.startswith("#")]
             rows, steps = len(data), int(data[-1].split(",")[0]) if data else 0
-            while steps < budget:
+            max_s = float("inf") if max_minutes is None else 60.0 * max_minutes
+            while steps < budget and time.perf_counter() - t0 < max_s:
                 steps, ret = _steps_and_return(method, algo.train())
                 rows += 1
                 writer.writerow([steps, f"{ret:.2f}", f"{time.perf_counter() - t0:.1f}"])
@@ -195,7 +225,8 @@ def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
                     save_checkpoint(lambda d: _save(algo, method, d), ckpt_dir, rows, keep=1,
                                     extra={"rows": rows, "wall_s": time.perf_counter() - t0})
                     last_save = time.perf_counter()
-            f.write(f"# done load {load_average()}\n")
+            capped = f" (wall budget {max_minutes:g} min)" if steps < budget else ""
+            f.write(f"# done{capped} load {load_average()}\n")
     finally:
         algo.stop()
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: its CSV is all that is kept
@@ -297,19 +328,21 @@ def report_env(env_name: str) -> str | None:
                + [f"return @{s // 1000}k" for s in STEPS_REPORTED]
                + ["final (last 3 iterations)", "min/run"])
     ratio_lines = []
+    base = "mbpo" if env_name in MBPO_ENVS else "mbmpo"
+    label = {"mbmpo": "MB-MPO", "mbpo": "MBPO"}[base]
     for other in ("ppo", "sac"):
-        if other in runs and "mbmpo" in runs:
+        if other in runs and base in runs:
             for th in thresholds:
                 a = np.array([steps_to(r, th) for r in runs[other]])
-                b = np.array([steps_to(r, th) for r in runs["mbmpo"]])
+                b = np.array([steps_to(r, th) for r in runs[base]])
                 ra, rb = np.isfinite(a), np.isfinite(b)
                 if not (ra.any() and rb.any()):
                     continue
-                line = (f"- {other.upper()}/MB-MPO real steps to {th}: "
+                line = (f"- {other.upper()}/{label} real steps to {th}: "
                         f"{np.mean(a[ra]) / np.mean(b[rb]):.1f}x")
                 if not (ra.all() and rb.all()):  # means over the seeds that got there
                     line += (f" (seeds that reached it: {other.upper()} {ra.sum()}/{len(a)}, "
-                             f"MB-MPO {rb.sum()}/{len(b)})")
+                             f"{label} {rb.sum()}/{len(b)})")
                 ratio_lines.append(line)
     png = plot_env(env_name, runs)
     body = [f"Env {env_id}; steps to a threshold: mean over the seeds that reached it "
@@ -334,7 +367,7 @@ def plot_env(env_name: str, runs: dict[str, list[np.ndarray]]) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("real env steps (log)")
     ax.set_ylabel("return")
-    ax.set_title(f"{ENVS[env_name][0]}: mean and min-max over seeds")
+    ax.set_title(f"{ENVS[env_name][0]} (H = {ENVS[env_name][1]}): mean and min-max over seeds")
     ax.legend()
     fig.tight_layout()
     path = RESULTS / f"{env_name}.png"
@@ -344,15 +377,25 @@ def plot_env(env_name: str, runs: dict[str, list[np.ndarray]]) -> Path:
 
 
 def report() -> None:
-    parts = [f"- Command: `.venv/bin/python benchmarks/exp_sample_efficiency.py` (runs), "
-             f"`--report` (this section); date (UTC) {utc_date()}; 2-core CPU shared with "
-             "other work (wall-clock figures are indicative only)."]
-    for env_name in ENVS:
-        text = report_env(env_name)
-        if text:
-            parts += ["", f"### {ENVS[env_name][0]}", "", text]
-    update_section("sample-efficiency", "Sample efficiency: MB-MPO vs PPO vs SAC "
-                   "(`benchmarks/exp_sample_efficiency.py`)", "\n".join(parts))
+    """The two sections of BENCHMARKS.md: MB-MPO vs PPO vs SAC (issue 13), MBPO vs SAC at
+    horizon 1000 (issue 11)."""
+    sections = {
+        "sample-efficiency": ("Sample efficiency: MB-MPO vs PPO vs SAC",
+                              [e for e in ENVS if e not in MBPO_ENVS]),
+        "mbpo-curves": ("MBPO vs SAC: return vs real steps at horizon 1000", MBPO_ENVS),
+    }
+    for name, (title, envs) in sections.items():
+        parts = [f"- Command: `.venv/bin/python benchmarks/exp_sample_efficiency.py` (runs), "
+                 f"`--report` (this section); date (UTC) {utc_date()}; 2-core CPU shared with "
+                 "other work (wall-clock figures are indicative only)."]
+        for env_name in envs:
+            text = report_env(env_name)
+            if text:
+                env_id, horizon = ENVS[env_name][:2]
+                parts += ["", f"### {env_id} (horizon {horizon})", "", text]
+        if len(parts) > 1:
+            update_section(name, f"{title} (`benchmarks/exp_sample_efficiency.py`)",
+                           "\n".join(parts))
     print("BENCHMARKS.md updated")
 
 
@@ -363,6 +406,9 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--report", action="store_true", help="only write the report")
     p.add_argument("--budget", type=int, help="override the real-step budget (smoke runs)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="also stop a run after M minutes of wall-clock (resumed time included); "
+                        "its CSV's last line says so")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument("--checkpoint-s", type=float, default=300.0, metavar="S",
                    help="save a checkpoint after an iteration when S seconds have passed since "
@@ -391,7 +437,7 @@ def main() -> int:
     for seed in args.seeds:  # seeds outermost: every method gets its first seeds early
         for method in args.methods:
             run_one(args.env, method, seed, args.budget, args.out, overrides,
-                    args.checkpoint_s)
+                    args.checkpoint_s, args.max_minutes)
     if args.out == RESULTS:
         report()
     return 0

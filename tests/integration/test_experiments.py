@@ -65,3 +65,20 @@ def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, mon
     assert rows[2][2] >= first[1][2]  # wall-clock counts on, not from zero
     assert restored["buffer_steps"] == first[-1][0]  # every sampled step is back in the buffer
     assert not ckpt_dir.exists()  # a finished run keeps only its CSV
+
+
+def test_mbpo_run_stops_at_its_wall_budget(ray_local, tmp_path, monkeypatch):
+    """An MBPO run (smoke sizes) capped by ``max_minutes`` ends after the iteration that
+    crosses the cap, and its CSV says that the wall budget, not the step budget, ended it."""
+    import tune_configs
+
+    def smoke_mbpo(env_name, seed):
+        return tune_configs.load_config("hopper", "smoke", algo="mbpo", seed=seed).build_algo()
+
+    monkeypatch.setitem(exp.BUILDERS, "mbpo", smoke_mbpo)
+    path = exp.run_one("hopper_h1000", "mbpo", 0, budget=10**9, results=tmp_path,
+                       max_minutes=1e-4)
+    lines = path.read_text().splitlines()
+    assert lines[-1].startswith("# done (wall budget 0.0001 min)")
+    rows = [line.split(",") for line in lines[1:-1]]
+    assert len(rows) == 1 and int(rows[0][0]) > 0  # one iteration: the real steps it took
