@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,12 @@ def prepare_sweep(args: argparse.Namespace) -> dict[str, Any]:
     config, space = param_space(sweep, args.seeds)
     (key, values), = sweep["grid"].items()
     problems: list[str] = []
+    points = []
     for value in values:  # every trial's config, before Ray starts
         point = value if key == "mbmpo_point" else {key: value}
         try:
-            config.copy(copy_frozen=False).update_from_dict(point).validate()
+            points.append(config.copy(copy_frozen=False).update_from_dict(point))
+            points[-1].validate()
         except ValueError as e:
             problems.append(f"{point}: " + " ".join(str(e).split()))
     if problems:
@@ -108,7 +111,42 @@ def prepare_sweep(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"cannot write to --storage {storage}: {e.strerror or e}") from None
     return {"sweep": sweep, "iterations": args.iterations or sweep["iterations"],
             "storage": storage, "name": args.name or f"mbmpo_{args.sweep}",
-            "config": config, "space": space}
+            "config": config, "space": space, "points": points}
+
+
+def fit_trials_to_cluster(plan: dict[str, Any], cluster_cpus: float) -> str | None:
+    """Let one trial fit a cluster of ``cluster_cpus`` CPUs by lowering the CPUs its model
+    trainers reserve (``num_cpus_per_model_trainer``, a scheduling share: the trainers' threads
+    do not change). E.g. HalfCheetah's PAPER reserves 1 + 5 x 0.4 = 3 CPUs for a run of its
+    own on two cores; as a Tune trial it would wait for a third CPU forever. Changes
+    ``plan["config"]``; returns a line saying so, or None when every trial fits as it is.
+
+    Raises:
+        ValueError: a trial needs more CPUs than the cluster has even without its model
+            trainers' share.
+    """
+    from ray.tune.registry import get_trainable_cls
+
+    trainable = get_trainable_cls(trainable_name(plan["sweep"]))
+    share, largest = float("inf"), 0.0
+    for cfg in plan["points"]:
+        need = trainable.default_resource_request(cfg).required_resources.get("CPU", 0.0)
+        trainers = cfg.num_model_trainers * cfg.num_cpus_per_model_trainer
+        if need - trainers > cluster_cpus + 1e-6:
+            raise ValueError(
+                f"a trial of this sweep needs {need:g} CPUs ({need - trainers:g} without its "
+                f"model trainers) but the Ray cluster has {cluster_cpus:g}; run it on a larger "
+                "cluster (--address) or pick a lighter variant (--variant)")
+        largest = max(largest, need)
+        if trainers:
+            share = min(share, (cluster_cpus - (need - trainers)) / cfg.num_model_trainers)
+    if largest <= cluster_cpus:
+        return None
+    old = plan["config"].num_cpus_per_model_trainer
+    share = math.floor(share * 100) / 100  # Ray's fractional CPUs; round down to fit
+    plan["config"].update_from_dict({"num_cpus_per_model_trainer": share})
+    return (f"note: a trial needs {largest:g} CPUs and this Ray cluster has {cluster_cpus:g}: "
+            f"num_cpus_per_model_trainer {old:g} -> {share:g} so trials can start")
 
 
 def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> int:
@@ -131,6 +169,10 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
             ray.init(address=args.address)
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
+    if not args.address:  # a local cluster does not grow: a trial larger than it waits forever
+        note = fit_trials_to_cluster(plan, ray.cluster_resources().get("CPU", 1.0))
+        if note:
+            print(note, flush=True)
 
     tuner = _make_tuner(args, plan)
     watch = _InterruptWatch()

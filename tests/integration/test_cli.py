@@ -256,6 +256,52 @@ def test_train_checkpoint_evaluate_plot(tmp_path, capsys):
     assert matplotlib.image.imread(png).shape[0] > 100
 
 
+def _plan(sweep, **args):
+    import argparse
+
+    from mbmpo_ray import tuning
+
+    ns = dict(sweep=sweep, env=None, variant=None, seeds=None, iterations=None,
+              max_concurrent=None, storage=None, name=None)
+    return tuning.prepare_sweep(argparse.Namespace(**{**ns, **args}))
+
+
+def test_sweep_trials_are_fitted_to_a_small_local_cluster(tmp_path):
+    """HalfCheetah's PAPER run reserves 1 + 5 x 0.4 CPUs: on two cores its Tune trials would
+    wait forever for a third. The trainers' share is lowered so one trial fits, the learner
+    keeps both cores; a bigger cluster changes nothing; a trial that cannot fit is an error."""
+    from mbmpo_ray import MBMPO, tuning
+
+    plan = _plan("model_bias", storage=str(tmp_path))
+    assert tuning.fit_trials_to_cluster(plan, 8.0) is None
+    assert plan["config"].num_cpus_per_model_trainer == 0.4
+    note = tuning.fit_trials_to_cluster(plan, 2.0)
+    assert "needs 3 CPUs" in note and "0.4 -> 0.2" in note
+    for point in _plan("model_bias", storage=str(tmp_path))["points"]:
+        point.update_from_dict({"num_cpus_per_model_trainer":
+                                plan["config"].num_cpus_per_model_trainer})
+        assert MBMPO.default_resource_request(point).required_resources["CPU"] <= 2.0
+        assert point.learner_threads() == min(2, os.cpu_count())
+    with pytest.raises(ValueError, match=r"needs 3 CPUs \(1 without its model trainers\) "
+                                         "but the Ray cluster has 0.5"):
+        tuning.fit_trials_to_cluster(_plan("model_bias", storage=str(tmp_path)), 0.5)
+
+
+def test_sweep_too_big_for_the_local_cluster_still_runs(ray_local, monkeypatch, tmp_path,
+                                                        capsys):
+    """End to end: a trial asking for 3 CPUs (driver + 2 model trainers x 1 CPU) on the
+    2-CPU test cluster starts and finishes instead of waiting for resources."""
+    import tune_configs.sweeps
+
+    monkeypatch.setitem(tune_configs.sweeps.SWEEPS, "too_big", dict(
+        config="pendulum", variant="smoke", grid={"num_model_trainers": [2]}, seeds=1,
+        iterations=1))
+    assert main(["tune", "too_big", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "needs 3 CPUs" in out and "1 -> 0.5" in out
+    assert " ok" in out.split("real steps")[-1]
+
+
 def _tune(storage, *extra):
     return [sys.executable, "-m", "mbmpo_ray", "tune", "smoke", "--storage", str(storage),
             "--max-concurrent", "1", *extra]

@@ -324,7 +324,8 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         else:
             cpus = self.num_cpus_per_learner
             reserved = cpus if isinstance(cpus, (int, float)) else 1
-        return max(1, min(int(reserved + 1e-9), os.cpu_count() or 1))
+        # a share rounded down to fit a cluster (e.g. 1 + 3 x 0.33) still counts as 2 CPUs
+        return max(1, min(int(reserved + 0.05), os.cpu_count() or 1))
 
     @property
     def rollout_horizon(self) -> int:
