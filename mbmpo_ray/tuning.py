@@ -140,7 +140,7 @@ def fit_trials_to_cluster(plan: dict[str, Any], cluster_cpus: float) -> str | No
         largest = max(largest, need)
         if trainers:
             share = min(share, (cluster_cpus - (need - trainers)) / cfg.num_model_trainers)
-    if largest <= cluster_cpus:
+    if largest <= cluster_cpus + 1e-6:
         return None
     old = plan["config"].num_cpus_per_model_trainer
     share = math.floor(share * 100) / 100  # Ray's fractional CPUs; round down to fit
