@@ -209,9 +209,11 @@ def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a new run: never mix in an old one's
     t0 = time.perf_counter() - wall0
     last_save = time.perf_counter()
+    tmp = path.with_suffix(".tmp")  # the rows kept so far replace the CSV in one step:
+    tmp.write_text("\n".join(lines) + "\n")  # a kill now cannot leave it empty
+    tmp.replace(path)
     try:
-        with open(path, "w", newline="") as f:
-            f.write("\n".join(lines) + "\n")
+        with open(path, "a", newline="") as f:
             writer = csv.writer(f)
             data = [line for line in lines[1:] if not line.startswith("#")]
             rows, steps = len(data), int(data[-1].split(",")[0]) if data else 0

@@ -41,6 +41,14 @@ def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, mon
     ckpt_dir = tmp_path / "checkpoints" / "pendulum_sac_seed0"
     assert (ckpt_dir / "checkpoint" / exp._REPLAY_BUFFER).is_file()
 
+    # a kill (SIGKILL, no flush) during the first iteration after resuming would leave the
+    # CSV as it is on disk then: it must hold the kept rows already
+    on_disk = []
+
+    def look_at_disk(method, result):
+        on_disk.append(csv_path.read_text())
+        return real(method, result)
+
     restored = {}
     real_resume = exp._resume
 
@@ -49,7 +57,7 @@ def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, mon
         restored["buffer_steps"] = algo.local_replay_buffer.get_num_timesteps()
         return out
 
-    monkeypatch.setattr(exp, "_steps_and_return", real)
+    monkeypatch.setattr(exp, "_steps_and_return", look_at_disk)
     monkeypatch.setattr(exp, "_resume", spy_resume)
     budget = int(first[-1][0]) + 1  # one more iteration after the checkpoint finishes it
     exp.run_one("pendulum", "sac", 0, budget=budget, results=tmp_path, checkpoint_s=0)
@@ -58,6 +66,7 @@ def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, mon
     text = csv_path.read_text()
     assert "# resumed after row 2" in text
     assert text.startswith(first_text)  # the rows before the cut are kept as they were
+    assert on_disk[0].startswith(first_text) and "# resumed after row 2" in on_disk[0]
     rows = _data_rows(csv_path)
     assert len(rows) >= 3 and rows[-1][0] >= budget
     steps = [r[0] for r in rows]
