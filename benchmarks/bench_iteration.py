@@ -171,10 +171,12 @@ def resume(algo, ckpt_dir: Path, csv_path: Path) -> list[dict]:
 
 def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str) -> str:
     """Write the CSV, the PNG and the BENCHMARKS.md section for the iterations so far."""
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+    tmp = out_dir / f"{stem}.csv.tmp"  # replaced in one step: a kill mid-write loses no row
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    tmp.replace(out_dir / f"{stem}.csv")
     png = plot(rows, out_dir / f"{stem}.png", config.model_env_id)
 
     # the first iteration fits on the random data only; report the steady state separately
