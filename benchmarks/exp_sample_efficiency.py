@@ -214,7 +214,7 @@ def run_one(env_name: str, method: str, seed: int, budget: int | None = None,
     tmp.replace(path)
     try:
         with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator="\n")  # as the kept rows above
             data = [line for line in lines[1:] if not line.startswith("#")]
             rows, steps = len(data), int(data[-1].split(",")[0]) if data else 0
             max_s = float("inf") if max_minutes is None else 60.0 * max_minutes

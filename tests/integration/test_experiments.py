@@ -66,6 +66,7 @@ def test_sac_run_cut_off_resumes_with_its_replay_buffer(ray_local, tmp_path, mon
     text = csv_path.read_text()
     assert "# resumed after row 2" in text
     assert text.startswith(first_text)  # the rows before the cut are kept as they were
+    assert b"\r" not in csv_path.read_bytes()  # one line ending throughout, resumed or not
     assert on_disk[0].startswith(first_text) and "# resumed after row 2" in on_disk[0]
     rows = _data_rows(csv_path)
     assert len(rows) >= 3 and rows[-1][0] >= budget
