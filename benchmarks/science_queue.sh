@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The science runs still to do for BENCHMARKS.md (issues 11 and 13), one after the other, in
+# order of priority. Every step is resumable and skips what is finished, so after a stop (a
+# kill, a reboot, the end of a session) the same command goes on where it stopped:
+#
+#     nohup benchmarks/science_queue.sh > runs/science_queue.log 2>&1 &
+#
+# Each step writes its CSVs under benchmarks/results/ (commit them as they grow) and its
+# BENCHMARKS.md section when it ends. On two cores the whole queue takes about 15 hours.
+# Run nothing else CPU-heavy beside it: the runs' wall-clock figures would stretch.
+set -u
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || { echo "no $PY: run 'make install' first" >&2; exit 1; }
+
+step() {
+    echo "=== $(date -u '+%F %T') start: $*"
+    "$PY" "$@"
+    echo "=== $(date -u '+%F %T') exit $?: $*"
+}
+
+# the last real-step count of a finished run's CSV (MBPO's, for SAC's budget at the same
+# steps); nothing while the run is unfinished
+last_steps() {
+    local csv="benchmarks/results/sample_efficiency/$1.csv"
+    grep -q '^# done' "$csv" 2>/dev/null || return 0
+    awk -F, 'NR > 1 && !/^#/ { s = $1 } END { print s }' "$csv"
+}
+
+efficiency=benchmarks/exp_sample_efficiency.py
+
+# issue 13, claim 1: HalfCheetah-v5 (H = 200), 3 seeds per method (PPO's are done)
+for seed in 0 1 2; do
+    step $efficiency --env halfcheetah --methods sac mbmpo --seeds $seed --checkpoint-s 120
+done
+
+# issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~4 h)
+step benchmarks/exp_sweeps.py model_bias --run
+
+# issue 11: MBPO (two hours at most) and SAC at MBPO's real steps, horizon 1000
+for env in halfcheetah_h1000 hopper_h1000; do
+    step $efficiency --env $env --methods mbpo --seeds 0 --max-minutes 120 --checkpoint-s 300
+    steps=$(last_steps "${env}_mbpo_seed0")
+    [ -n "$steps" ] || { echo "=== ${env}_mbpo_seed0 unfinished: stop"; exit 1; }
+    step $efficiency --env $env --methods sac --seeds 0 --budget "$steps" \
+        --checkpoint-s 300
+done
