@@ -338,6 +338,12 @@ def report_env(env_name: str) -> str | None:
                 a = np.array([steps_to(r, th) for r in runs[other]])
                 b = np.array([steps_to(r, th) for r in runs[base]])
                 ra, rb = np.isfinite(a), np.isfinite(b)
+                if rb.any() and not ra.any():  # a lower bound: the whole run of each seed
+                    ran = min(r[-1, 0] for r in runs[other])
+                    ratio_lines.append(
+                        f"- {other.upper()}/{label} real steps to {th}: >= "
+                        f"{ran / np.mean(b[rb]):.1f}x ({other.upper()} never reached it within "
+                        f"{ran:,.0f} real steps, 0/{len(a)} seeds; {label} {rb.sum()}/{len(b)})")
                 if not (ra.any() and rb.any()):
                     continue
                 line = (f"- {other.upper()}/{label} real steps to {th}: "
