@@ -366,17 +366,17 @@ def plot_env(env_name: str, runs: dict[str, list[np.ndarray]]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for method, rs in runs.items():
         grid = np.linspace(max(r[0, 0] for r in rs), min(r[-1, 0] for r in rs), 100)
         ys = np.stack([np.interp(grid, r[:, 0], r[:, 1]) for r in rs])
-        ax.plot(grid, ys.mean(0), label=f"{method} ({len(rs)} seeds)")
+        ax.plot(grid, ys.mean(0), label=f"{method} ({len(rs)} seed{'s' * (len(rs) > 1)})")
         ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel("real env steps (log)")
     ax.set_ylabel("return")
     ax.set_title(f"{ENVS[env_name][0]} (H = {ENVS[env_name][1]}): mean and min-max over seeds")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # off the curves
     fig.tight_layout()
     path = RESULTS / f"{env_name}.png"
     fig.savefig(path, dpi=110)
