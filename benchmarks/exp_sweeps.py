@@ -126,23 +126,25 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str
                       f"{int(done[0][-1, 0]):,}" if done else "-",
                       f"{np.mean(mins):.1f}" if mins else "-"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for v in order:
+    shown = [v for v in order if finals[v]]
+    for i, v in enumerate(shown):
         done = [r for r in runs[v] if len(r) >= iterations]
-        if not done:
-            continue
         n = min(len(r) for r in done)
         x = done[0][:n, 0]
         y = np.stack([r[:n, 1] for r in done])
         line, = a.plot(x, np.nanmean(y, 0), "o-", ms=3, label=v)
         a.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.15)
-        b.scatter([v] * len(finals[v]), finals[v], color=line.get_color())
-        b.errorbar([v], [np.mean(finals[v])], yerr=[np.std(finals[v])], fmt="_k", ms=20,
+        b.scatter([i] * len(finals[v]), finals[v], color=line.get_color())
+        b.errorbar([i], [np.mean(finals[v])], yerr=[np.std(finals[v])], fmt="_k", ms=20,
                    capsize=6)
     a.set_xlabel("real env steps")
     a.set_ylabel("real return (mean, min-max over seeds)")
-    a.legend(fontsize=8)
-    b.set_xlabel(key)
-    b.tick_params(axis="x", labelrotation=20, labelsize=7)
+    a.legend(fontsize=7, loc="best")
+    # each column's values (a joint point's one per line), their names once below
+    names = [kv.split("=", 1)[0] for kv in shown[0].split(",")] if shown else [key]
+    b.set_xlabel(" / ".join(names))
+    b.set_xticks(range(len(shown)),
+                 ["\n".join(kv.split("=", 1)[1] for kv in v.split(",")) for v in shown])
     b.set_ylabel("final return (seeds, mean +- std)")
     fig.suptitle(f"mbmpo-ray tune {sweep_name}")
     fig.tight_layout()
@@ -152,8 +154,8 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str
     return "\n".join([
         f"- Command: `.venv/bin/python benchmarks/exp_sweeps.py {sweep_name} --run` "
         f"(= `mbmpo-ray tune {sweep_name} --storage runs/tune --resume`, then this report)",
-        f"- Date (UTC): {utc_date()}; 2-core CPU, two trials at a time; per-trial CSVs in "
-        f"`benchmarks/results/sweeps/{sweep_name}/` (from Tune's `progress.csv`)",
+        f"- Date (UTC): {utc_date()}; 2-core CPU, as many trials at a time as its cores fit; "
+        f"per-trial CSVs in `benchmarks/results/sweeps/{sweep_name}/` (from Tune's `progress.csv`)",
         "- Final return: mean of the last two iterations' real episodes (pre-update policy), "
         "per trial; spread over seeds.",
         "",
