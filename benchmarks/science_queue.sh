@@ -3,7 +3,7 @@
 # order of priority. Every step is resumable and skips what is finished, so after a stop (a
 # kill, a reboot, the end of a session) the same command goes on where it stopped:
 #
-#     nohup benchmarks/science_queue.sh > runs/science_queue.log 2>&1 &
+#     mkdir -p runs && nohup benchmarks/science_queue.sh > runs/science_queue.log 2>&1 &
 #
 # Each step writes its CSVs under benchmarks/results/ (commit them as they grow) and its
 # BENCHMARKS.md section when it ends. On two cores the whole queue takes about 15 hours.
