@@ -113,9 +113,9 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str
     for p in paths:
         runs.setdefault(p.stem.rsplit("_seed", 1)[0], []).append(read(p))
     order = sorted(runs, key=_sort_key)
-    table, finals = [], {}
+    table, finals, finished = [], {}, {}
     for v in order:
-        done = [r for r in runs[v] if len(r) >= iterations]
+        done = finished[v] = [r for r in runs[v] if len(r) >= iterations]
         final = [float(np.nanmean(r[-2:, 1])) for r in done]
         finals[v] = final
         mins = [r[-1, 2] / 60 for r in done]
@@ -128,7 +128,7 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     shown = [v for v in order if finals[v]]
     for i, v in enumerate(shown):
-        done = [r for r in runs[v] if len(r) >= iterations]
+        done = finished[v]
         n = min(len(r) for r in done)
         x = done[0][:n, 0]
         y = np.stack([r[:n, 1] for r in done])
