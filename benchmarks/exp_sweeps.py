@@ -15,6 +15,11 @@ For each sweep name (``tune_configs/sweeps.py``, e.g. ``pendulum_alpha``):
     .venv/bin/python benchmarks/exp_sweeps.py pendulum_alpha --run
     .venv/bin/python benchmarks/exp_sweeps.py pendulum_alpha pendulum_ensemble_size \
         pendulum_horizon            # report only (from the committed CSVs + Tune's dirs)
+
+A sweep too long for one sitting is also defined in parts (``report_as`` names the whole, e.g.
+``model_bias_b0``, ``model_bias_b0.5``, ``model_bias_b1`` of ``model_bias``): each part is its
+own Tune experiment, its CSVs go to the whole's directory, and its report is the whole's, from
+every part's CSVs committed so far.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def export(sweep_name: str, storage: Path) -> list[Path]:
 
     sweep = sweeps.SWEEPS[sweep_name]
     (key, _), = sweep["grid"].items()
-    out_dir = RESULTS / sweep_name
+    out_dir = RESULTS / sweep.get("report_as", sweep_name)
     exp = storage / f"mbmpo_{sweep_name}"
     for trial in sorted(exp.glob("*/params.json")) if exp.exists() else []:
         params = json.loads(trial.read_text())
@@ -82,6 +87,26 @@ def export(sweep_name: str, storage: Path) -> list[Path]:
     return sorted(out_dir.glob("*.csv")) if out_dir.exists() else []
 
 
+def finished(sweep_name: str) -> bool:
+    """Whether every trial of a sweep (each grid point x seed) is in its CSVs with all its
+    iterations, so ``--run`` has nothing left to do (e.g. a part committed by an earlier
+    session on another machine, whose Tune directory is gone)."""
+    import tune_configs.sweeps as sweeps
+
+    sweep = sweeps.SWEEPS[sweep_name]
+    (key, values), = sweep["grid"].items()
+    out_dir = RESULTS / sweep.get("report_as", sweep_name)
+    for value in values:
+        # Tune's params.json has a joint point's keys in sorted order, so its CSVs' names too
+        label = trial_label({key: dict(sorted(value.items())) if isinstance(value, dict)
+                             else value}, key)
+        for seed in range(sweep.get("seeds", 1)):
+            path = out_dir / f"{label}_seed{seed}.csv"
+            if not path.exists() or len(read(path)) < sweep["iterations"]:
+                return False
+    return True
+
+
 def read(path: Path) -> np.ndarray:
     with open(path, newline="") as f:
         rows = [[float(x) if x not in ("", "nan") else np.nan for x in r]
@@ -101,7 +126,9 @@ def _sort_key(label: str):
     return parts
 
 
-def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str | None:
+def report(sweep_name: str, paths: list[Path], iterations: int, key: str,
+           parts: list[str] = ()) -> str | None:
+    """The BENCHMARKS.md section of a sweep (``parts``: the sweeps it is also run as)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +180,9 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str) -> str
     plt.close(fig)
     return "\n".join([
         f"- Command: `.venv/bin/python benchmarks/exp_sweeps.py {sweep_name} --run` "
-        f"(= `mbmpo-ray tune {sweep_name} --storage runs/tune --resume`, then this report)",
+        f"(= `mbmpo-ray tune {sweep_name} --storage runs/tune --resume`, then this report)"
+        + (f", or in parts, one at a time: {', '.join(f'`{p}`' for p in parts)}"
+           if parts else ""),
         f"- Date (UTC): {utc_date()}; 2-core CPU, as many trials at a time as its cores fit; "
         f"per-trial CSVs in `benchmarks/results/sweeps/{sweep_name}/` (from Tune's `progress.csv`)",
         "- Final return: mean of the last two iterations' real episodes (pre-update policy), "
@@ -182,17 +211,21 @@ def main() -> int:
         p.error(f"unknown sweep(s) {unknown}; known: {sorted(sweeps.SWEEPS)}")
     status = 0
     for name in args.sweeps:
-        if args.run:
+        if args.run and finished(name):
+            print(f"{name}: every trial is in its CSVs already, nothing to run")
+        elif args.run:
             status |= run(name, Path(args.storage), args.max_concurrent)
         sweep = sweeps.SWEEPS[name]
         (key, _), = sweep["grid"].items()
-        body = report(name, export(name, Path(args.storage)), sweep["iterations"], key)
+        whole = sweep.get("report_as", name)
+        parts = [n for n, s in sweeps.SWEEPS.items() if s.get("report_as") == whole]
+        body = report(whole, export(name, Path(args.storage)), sweep["iterations"], key, parts)
         if body is None:
             print(f"{name}: no trials yet")
             continue
         print(body)
         if not args.no_write:
-            update_section(f"sweep-{name}", f"Sweep `{name}` (issue 13)", body)
+            update_section(f"sweep-{whole}", f"Sweep `{whole}` (issue 13)", body)
     return status
 
 

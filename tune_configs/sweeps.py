@@ -81,6 +81,14 @@ MODEL_BIAS = dict(
     iterations=8,
 )
 
+# ... and the same 12 trials in three parts by b_max (4 trials, ~80 min each), so that one
+# part fits in a session on a machine that keeps no Tune state between sessions: each part
+# writes its CSVs beside the others' (``report_as``), and ``exp_sweeps.py`` reports them
+# together as ``model_bias``
+MODEL_BIAS_PARTS = {f"model_bias_b{b_max:g}": dict(MODEL_BIAS, grid=_bias_grid((b_max,)),
+                                                   report_as="model_bias")
+                    for b_max in (0.0, 0.5, 1.0)}
+
 # adaptation on long horizons: 1000-step real episodes, 500-step imagined rollouts (as the
 # original code), MB-MPO against alpha = 0
 LONG_HORIZON = dict(
@@ -196,4 +204,5 @@ SWEEPS = {"alpha": ALPHA, "ensemble_size": ENSEMBLE_SIZE, "horizon": HORIZON, "s
           "pendulum_model_bias_small": PENDULUM_MODEL_BIAS_SMALL,
           "mbpo_rollout_length": MBPO_ROLLOUT_LENGTH, "mbpo_real_ratio": MBPO_REAL_RATIO,
           "mbpo_updates_per_step": MBPO_UPDATES_PER_STEP,
-          "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE}
+          "mbpo_ensemble_size": MBPO_ENSEMBLE_SIZE, "mbpo_smoke": MBPO_SMOKE,
+          **MODEL_BIAS_PARTS}

@@ -92,3 +92,37 @@ def test_mbpo_run_stops_at_its_wall_budget(ray_local, tmp_path, monkeypatch):
     assert lines[-1].startswith("# done (wall budget 0.0001 min)")
     rows = [line.split(",") for line in lines[1:-1]]
     assert len(rows) == 1 and int(rows[0][0]) > 0  # one iteration: the real steps it took
+
+
+def test_sweep_parts_report_together(tmp_path, monkeypatch):
+    """A sweep run in parts (``report_as``): each part's trials land in the whole's directory
+    and the whole's report counts every part's trials."""
+    import json
+
+    import exp_sweeps
+
+    monkeypatch.setattr(exp_sweeps, "RESULTS", tmp_path / "results")
+    storage = tmp_path / "tune"
+    for part, b_max in (("model_bias_b0", 0.0), ("model_bias_b0.5", 0.5)):
+        for alpha in (0.0, 0.001):
+            trial = storage / f"mbmpo_{part}" / f"trial_{alpha}"
+            trial.mkdir(parents=True)
+            trial.joinpath("params.json").write_text(json.dumps(
+                {"seed": 0, "mbmpo_point": {"inner_lr": alpha, "model_bias_max": b_max}}))
+            trial.joinpath("progress.csv").write_text(
+                "num_real_steps_lifetime,episode_return_mean,time_total_s\n"
+                + "".join(f"{4000 * i},{10 * i + alpha},{60 * i}\n" for i in range(1, 9)))
+    first = exp_sweeps.export("model_bias_b0", storage)
+    both = exp_sweeps.export("model_bias_b0.5", storage)
+    assert [p.name for p in first] == ["inner_lr=0.0,model_bias_max=0.0_seed0.csv",
+                                      "inner_lr=0.001,model_bias_max=0.0_seed0.csv"]
+    assert len(both) == 4 and all(p.parent.name == "model_bias" for p in both)
+    body = exp_sweeps.report("model_bias", both, 8, "mbmpo_point",
+                             ["model_bias_b0", "model_bias_b0.5"])
+    assert "model_bias_max=0.5" in body and "`model_bias_b0.5`" in body
+    assert (tmp_path / "results" / "model_bias.png").exists()
+    # a part counts as finished (``--run`` skips it) once every point x seed has all its rows
+    assert not exp_sweeps.finished("model_bias_b0")  # seed 1 missing
+    for p in first:
+        p.with_name(p.name.replace("_seed0", "_seed1")).write_text(p.read_text())
+    assert exp_sweeps.finished("model_bias_b0") and not exp_sweeps.finished("model_bias_b0.5")
