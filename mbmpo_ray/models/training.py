@@ -84,6 +84,12 @@ class FitConfig:
         "use: 'normalized' deltas (every state dimension counts alike) or 'raw' deltas in the "
         "env's units (as mbrl-lib and the MBPO reference; large dimensions such as velocities "
         "dominate)", Rule(str, choices=("normalized", "raw")))
+    model_precision: str = setting(
+        "float32", "dtype of the fit's training matmuls: 'bfloat16' autocasts each step's "
+        "forward pass (weights, Adam state and the validation that early stopping and the "
+        "elite choice read stay float32), worth it where bf16 matmuls are fast (AMX or "
+        "AVX512-BF16 CPUs, GPUs); 'auto' picks bfloat16 there, else float32",
+        Rule(str, choices=("float32", "bfloat16", "auto")))
     model_bootstrap: bool = setting(
         True, "each member trains on its own bootstrap resample (else its own permutation) of "
         "the training rows", Rule(bool))
@@ -367,11 +373,16 @@ def train_step(
     x_K_B_I: torch.Tensor,
     y_K_B_D: torch.Tensor,
     loss_weight_K: torch.Tensor | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One optimiser step of the whole ensemble, member ``k`` on its own normalised rows
     ``x[k] -> y[k]``: minimises ``sum_k w_k loss_k + regularization_loss`` (``w = 1`` if
-    ``loss_weight_K`` is None). Returns the ``[K]`` member losses (detached)."""
-    losses = ensemble.member_losses(x_K_B_I, y_K_B_D)
+    ``loss_weight_K`` is None). ``autocast`` (e.g. ``torch.bfloat16``): the forward pass runs
+    under ``torch.autocast`` of that dtype (entered per step: it caches cast weights until it
+    exits, and the step changes them). Returns the ``[K]`` member losses (detached)."""
+    with torch.autocast(x_K_B_I.device.type, dtype=autocast or torch.bfloat16,
+                        enabled=autocast is not None):
+        losses = ensemble.member_losses(x_K_B_I, y_K_B_D).float()
     weighted = losses if loss_weight_K is None else losses * loss_weight_K
     loss = weighted.sum() + ensemble.regularization_loss()
     optimizer.zero_grad(set_to_none=True)
@@ -418,6 +429,15 @@ def _rounds(cfg: FitConfig, n_train: int) -> list[int | None]:
     return [size] * (budget // size) + ([budget % size] if budget % size else [])
 
 
+def _autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of the training steps for ``model_precision`` (None: float32)."""
+    if precision == "auto":
+        from mbmpo_ray.imagination import bf16_is_fast  # (imagination imports this package)
+
+        precision = "bfloat16" if bf16_is_fast(device_type) else "float32"
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
 def _train_epoch(
     ensemble: DynamicsEnsemble,
     optimizer: torch.optim.Optimizer,
@@ -426,9 +446,10 @@ def _train_epoch(
     order: torch.Tensor,
     stop: _EarlyStopping,
     batch_size: int,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One pass over ``order`` (``K x n_train``) in batches of ``batch_size`` rows per member;
-    returns each member's mean training loss ``[K]``."""
+    """One pass over ``order`` (``K x n_train``) in batches of ``batch_size`` rows per member
+    (:func:`train_step`, with ``autocast``); returns each member's mean training loss ``[K]``."""
     active = stop.active
     loss_weight = active.to(stop.train_loss.dtype)
     any_frozen = not bool(active.all())
@@ -436,7 +457,8 @@ def _train_epoch(
     n_steps = 0
     for start in range(0, order.shape[1], batch_size):
         rows = order[:, start : start + batch_size]  # K x b
-        loss_sum += train_step(ensemble, optimizer, data.x_tr[rows], data.y_tr[rows], loss_weight)
+        loss_sum += train_step(ensemble, optimizer, data.x_tr[rows], data.y_tr[rows], loss_weight,
+                               autocast)
         if any_frozen:
             # Frozen members: their loss is masked (zero gradient), but Adam would still move
             # them with its momentum (and weight decay), so they are reset to their best
@@ -557,6 +579,7 @@ def fit_ensemble(
     n, k = obs_t.shape[0], ensemble.ensemble_size
     val_idx, train_idx = _split_holdout(n, cfg, generator, row_ids)
     n_train, holdout = train_idx.numel(), val_idx.cpu().numpy()
+    autocast = _autocast_dtype(cfg.model_precision, device.type)
 
     # snapshots for the divergence guard (never modified afterwards)
     pre_state = {name: t.detach().clone() for name, t in ensemble.state_dict().items()}
@@ -576,7 +599,8 @@ def fit_ensemble(
                  _sampled_order(boot, k, n_train, steps * cfg.model_batch_size, new_pos,
                                 cfg.model_new_data_fraction, generator, device))
         epoch_train = _train_epoch(
-            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size
+            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size,
+            autocast,
         )
         val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
                           cfg.model_val_space)

@@ -137,10 +137,12 @@ def test_one_backward_pass_gives_rllib_sac_gradients():
         algo.stop()
 
 
-def test_quiet_update_is_rllibs_update_without_metrics():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_quiet_update_is_rllibs_update_without_metrics(precision):
     """The updates inside a block (all but its last) skip RLlib's metrics and per-parameter
-    isfinite reads; from the same state and seed they give exactly RLlib's ``_update``."""
-    algo = tiny().build_algo()
+    isfinite reads; from the same state and seed they give exactly RLlib's ``_update``
+    (with bf16 autocast too)."""
+    algo = tiny(sac_precision=precision).build_algo()
     try:
         algo.train()
         lrn = learner(algo)
@@ -168,6 +170,46 @@ def test_quiet_update_is_rllibs_update_without_metrics():
             torch.testing.assert_close(after["quiet"][k], v, rtol=0, atol=0, msg=k)
             changed += not torch.equal(v, start[k])
         assert changed > 10
+    finally:
+        algo.stop()
+
+
+def test_bfloat16_sac_updates_keep_outputs_and_gradients_float32():
+    """``sac_precision='bfloat16'``: the hidden layers run in bf16 (the gradients differ from
+    float32's by its rounding), the output layers in float32 (Q values, the policy's
+    distribution inputs), and gradients stay float32 and close to float32's."""
+    from ray.rllib.algorithms.sac.sac_learner import QF_PREDS
+    from ray.rllib.core.columns import Columns
+
+    algo = tiny("Hopper-v5", sac_precision="bfloat16").build_algo()
+    try:
+        algo.train()
+        lrn = learner(algo)
+        assert lrn._bf16  # resolved by the updates of that iteration
+        batch = lrn._sac_batch(lrn._real.take(torch.arange(128)))
+
+        def step(bf16):
+            lrn._bf16 = bf16
+            torch.manual_seed(0)
+            with lrn._sac_autocast():
+                fwd = lrn.module.forward_train(batch)
+                losses = lrn.compute_losses(fwd_out=fwd, batch=batch)
+            grads = lrn.compute_gradients(losses)
+            return fwd["default_policy"], {k: v.clone() for k, v in grads.items()
+                                           if v is not None}
+
+        out16, g16 = step(True)
+        out32, g32 = step(False)
+        for key in (QF_PREDS, Columns.ACTION_DIST_INPUTS, "q_curr", "q_target_next"):
+            assert out16[key].dtype == torch.float32, key
+        assert set(g16) == set(g32) and len(g32) > 10
+        assert all(g.dtype == torch.float32 for g in g16.values())
+        assert sum(not torch.equal(g16[k], g32[k]) for k in g32) > 10  # bf16 did run
+        flat16 = torch.cat([g16[k].flatten() for k in g32])  # (keyed by the parameters)
+        flat32 = torch.cat([g32[k].flatten() for k in g32])
+        rel = ((flat16 - flat32).norm() / flat32.norm()).item()
+        print(f"relative gradient difference bf16 vs float32: {rel:.4f}")
+        assert 0 < rel < 0.05, rel
     finally:
         algo.stop()
 

@@ -215,12 +215,12 @@ def test_fit_config_rejects_wrong_types_and_values_all_at_once():
                     model_weight_decay=-1.0, model_max_epochs=-1, model_max_holdout=None,
                     model_improvement_threshold=float("nan"), update_normalizers=1,
                     model_fit_steps=-5, model_check_steps=0, model_new_data_fraction=1.5,
-                    model_val_space="log")
+                    model_val_space="log", model_precision="fp16")
     found = bad.problems()
     assert len(found) == len(dataclasses.fields(FitConfig))  # every field is wrong
     for name in ("model_batch_size", "model_lr", "model_holdout_ratio", "model_patience"):
         assert any(p.startswith(name + " must be") for p in found), name
-    with pytest.raises(ValueError, match=r"FitConfig: 15 invalid") as err:
+    with pytest.raises(ValueError, match=r"FitConfig: 16 invalid") as err:
         bad.validate()
     assert "model_batch_size must be an integer >= 1, got 2.5" in str(err.value)
     assert "model_lr must be a number > 0, got 'abc' (str)" in str(err.value)
@@ -267,6 +267,28 @@ def test_seeded_fits_are_bit_identical():
         assert np.array_equal(np.asarray(getattr(r1, f.name)), np.asarray(getattr(r2, f.name)))
     for pid, st in o1["state"].items():
         assert all(torch.equal(v, o2["state"][pid][n]) for n, v in st.items())
+
+
+def test_bfloat16_fit_steps_stay_close_to_float32():
+    """``model_precision='bfloat16'``: the training steps' forward passes run in bf16 (the
+    weights end up different from a float32 fit's), the weights and Adam state stay float32,
+    and the fit is about as good (validation is float32 in both)."""
+    obs, act, nxt = linear_system(600, noise=1e-2)
+    fits = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = FitConfig(model_batch_size=64, model_max_epochs=8, model_patience=8,
+                        model_precision=precision)
+        ens = make(probabilistic=True)
+        res, opt = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen(1))
+        assert not res.diverged and res.epochs.min() == 8
+        assert all(p.dtype == torch.float32 for p in ens.parameters())
+        assert all(v.dtype == torch.float32 for st in opt["state"].values()
+                   for v in st.values() if v.is_floating_point())
+        fits[precision] = snapshot(ens), res
+    (w32, r32), (w16, r16) = fits["float32"], fits["bfloat16"]
+    assert any(not torch.equal(w32[k], w16[k]) for k in w32)  # bf16 did run
+    assert r16.history[-1] < 0.2 * r16.history[0]  # it learned
+    np.testing.assert_allclose(r16.val_loss, r32.val_loss, rtol=0.3)
 
 
 def test_train_step_moves_only_members_with_weight():
@@ -493,9 +515,9 @@ def _count_steps(monkeypatch):
     steps = []
     real = training.train_step
 
-    def spy(ensemble, optimizer, x, y, w=None):
+    def spy(ensemble, optimizer, x, y, w=None, autocast=None):
         steps.append(x.shape)
-        return real(ensemble, optimizer, x, y, w)
+        return real(ensemble, optimizer, x, y, w, autocast)
 
     monkeypatch.setattr(training, "train_step", spy)
     return steps

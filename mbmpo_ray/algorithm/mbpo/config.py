@@ -75,6 +75,11 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
                        "activation of the SAC networks"),
     "learner_torch_threads": (Rule(int, low=1, optional=True),
                               "torch threads of the Learner (None: its CPUs, or 1)"),
+    "sac_precision": (Rule(str, choices=("float32", "bfloat16", "auto")),
+                      "dtype of the SAC updates' matmuls: bfloat16 autocast of the hidden "
+                      "layers (weights, output layers, losses, Adam and targets stay float32), "
+                      "or 'auto' = bfloat16 where a probe finds bf16 matmuls fast (CPUs with "
+                      "AVX512-BF16 or AMX, GPUs), else float32"),
     "sac_cuda_graph": (Rule(bool), "on a GPU Learner, replay the SAC update (forward, loss, "
                        "backward, Adam, Polyak) as one captured CUDA graph (experimental: not "
                        "yet run on a GPU; falls back to eager updates if capturing fails)"),
@@ -87,7 +92,7 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_weight_decay", "model_max_epochs",
                 "model_patience", "model_holdout_ratio", "model_max_holdout",
                 "model_improvement_threshold", "model_fit_steps", "model_check_steps",
-                "model_new_data_fraction", "model_val_space")
+                "model_new_data_fraction", "model_val_space", "model_precision")
 # RLlib's SAC settings MBPO uses, with what they accept here
 SAC_SETTINGS: dict[str, tuple[Rule, str]] = {
     "actor_lr": (Rule(float, low=0, open_low=True), "Adam lr of the policy (MBPO: 3e-4; "
@@ -180,6 +185,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.model_check_steps: int = 50
         self.model_new_data_fraction: float = 0.0
         self.model_val_space: str = "normalized"
+        self.model_precision: str = "float32"
         self.num_model_trainers: int = 0
         self.num_cpus_per_model_trainer: float = 1
         self.model_device: str = "cpu"
@@ -196,6 +202,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.sac_hidden_sizes: tuple[int, ...] = (256, 256)
         self.sac_activation: str = "relu"
         self.learner_torch_threads: int | None = None
+        self.sac_precision: str = "float32"
         self.sac_cuda_graph: bool = False
         # reporting
         self.eval_episodes_per_iter: int = 1
@@ -250,6 +257,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         model_check_steps: int = NotProvided,
         model_new_data_fraction: float = NotProvided,
         model_val_space: str = NotProvided,
+        model_precision: str = NotProvided,
         num_model_trainers: int = NotProvided,
         num_cpus_per_model_trainer: float = NotProvided,
         model_device: str = NotProvided,
@@ -264,6 +272,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         sac_hidden_sizes: tuple[int, ...] = NotProvided,
         sac_activation: str = NotProvided,
         learner_torch_threads: int | None = NotProvided,
+        sac_precision: str = NotProvided,
         sac_cuda_graph: bool = NotProvided,
         eval_episodes_per_iter: int = NotProvided,
         eval_explore: bool = NotProvided,

@@ -21,6 +21,7 @@ It also computes the gradients of the four SAC losses in one backward pass of th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -36,7 +37,7 @@ from ray.rllib.utils.metrics import NUM_TARGET_UPDATES
 
 from mbmpo_ray.buffer import ModelBuffer
 from mbmpo_ray.envs import EnvSpec
-from mbmpo_ray.imagination import StateBounds, branched_rollouts
+from mbmpo_ray.imagination import StateBounds, bf16_is_fast, branched_rollouts
 from mbmpo_ray.models import DynamicsEnsemble
 
 MBPO_LEARNER_STATE = "mbpo"
@@ -124,6 +125,7 @@ class MBPOTorchLearner(SACTorchLearner):
         self._graph_batch: dict[str, torch.Tensor] | None = None
         self._graph_failed = False
         self._targets_mains: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._bf16: bool | None = None  # sac_precision, resolved on the first update
 
     # ------------------------------------------------------------------ data
     def setup_data(self, *, obs_dim: int, act_dim: int, action_low, action_high,
@@ -274,16 +276,38 @@ class MBPOTorchLearner(SACTorchLearner):
         with torch.no_grad():
             torch._foreach_lerp_(targets, mains, self.config.tau)
 
+    def _sac_autocast(self) -> contextlib.AbstractContextManager:
+        """The context of one update's forward pass and losses: a bfloat16 autocast where
+        ``sac_precision`` asks for it ('auto': where bf16 matmuls are fast here), else none.
+        Entered per update, never across one: autocast caches the bf16 copies of the weights
+        until the context exits, and Adam changes the weights after every update."""
+        if self._bf16 is None:
+            precision = self.config.sac_precision
+            self._bf16 = precision == "bfloat16" or (
+                precision == "auto" and bf16_is_fast(self._device.type))
+        if not self._bf16:
+            return contextlib.nullcontext()
+        # no weight cache while a CUDA graph is captured (its casts are replayed instead)
+        return torch.autocast(self._device.type, dtype=torch.bfloat16,
+                              cache_enabled=not self._use_cuda_graph())
+
+    @override(SACTorchLearner)
+    def _update(self, batch: dict[str, Any]):
+        """RLlib's update with its forward pass and losses under :meth:`_sac_autocast`."""
+        with self._sac_autocast():
+            return super()._update(batch)
+
     def _quiet_update(self, batch: dict[str, Any]) -> None:
         """RLlib's ``_update`` (forward_train, SAC loss, one backward pass, gradient
         post-processing, Adam steps) without its metrics and per-parameter ``isfinite``
         checks: those read GPU values back on every call (~30 device syncs per update). The
         same maths: non-finite gradients are zeroed as RLlib's ``apply_gradients`` does
         (``nan_to_num``), without its warning; the block's last update runs ``_update``."""
-        fwd = self.module.forward_train(batch)
         metrics, self.metrics = self.metrics, _NO_METRICS
         try:
-            losses = self.compute_losses(fwd_out=fwd, batch=batch)
+            with self._sac_autocast():
+                fwd = self.module.forward_train(batch)
+                losses = self.compute_losses(fwd_out=fwd, batch=batch)
             grads = self.postprocess_gradients(self.compute_gradients(losses))
         finally:
             self.metrics = metrics
@@ -378,9 +402,12 @@ class MBPOTorchLearner(SACTorchLearner):
         SACTorchLearner's one pass per optimiser: the same gradients, because the four losses
         touch disjoint parameters (the policy loss sees the Q networks with their gradients
         off and alpha detached; the critic losses see detached targets, log-probs and alpha;
-        the alpha loss sees detached log-probs), at a fraction of the autograd overhead."""
+        the alpha loss sees detached log-probs), at a fraction of the autograd overhead. The
+        backward pass runs outside any autocast (:meth:`_update` enters one for the forward
+        pass; the gradients follow the dtypes it chose)."""
         self._temp_losses.clear()
-        return TorchLearner.compute_gradients(self, loss_per_module, **kwargs)
+        with torch.autocast(self._device.type, enabled=False):
+            return TorchLearner.compute_gradients(self, loss_per_module, **kwargs)
 
     @override(SACTorchLearner)
     def _get_optimizer_state(self) -> dict[str, Any]:

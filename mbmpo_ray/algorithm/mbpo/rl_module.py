@@ -12,9 +12,32 @@ import torch
 from ray.rllib.algorithms.sac.sac_catalog import SACCatalog
 from ray.rllib.algorithms.sac.torch.default_sac_torch_rl_module import DefaultSACTorchRLModule
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.models.base import Encoder
+from ray.rllib.core.models.base import Encoder, Model
 from ray.rllib.core.models.configs import MLPEncoderConfig
+from ray.rllib.core.models.torch.heads import TorchMLPHead
 from ray.rllib.utils.annotations import override
+
+
+class Float32MLPHead(TorchMLPHead):
+    """RLlib's MLP head computed in float32 even under a bfloat16 autocast (the Learner's
+    ``sac_precision``): Q values (hundreds on HalfCheetah, where bf16's 8-bit mantissa rounds
+    in steps of 2) and the policy's mean and log-std keep float32 precision; only the wide
+    hidden layers of the encoders run in bf16. Without autocast it is the plain head."""
+
+    def _forward(self, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
+        if not torch.is_autocast_enabled(inputs.device.type):
+            return super()._forward(inputs, **kwargs)
+        with torch.autocast(inputs.device.type, enabled=False):
+            return super()._forward(inputs.float(), **kwargs)
+
+
+def _float32_head(head: Model) -> Model:
+    """``head`` as a :class:`Float32MLPHead` (the same module and parameters: the class adds
+    no state, so the random initialisation and checkpoints are unchanged); other kinds as
+    they are."""
+    if type(head) is TorchMLPHead:
+        head.__class__ = Float32MLPHead
+    return head
 
 
 class MBPOCatalog(SACCatalog):
@@ -22,7 +45,16 @@ class MBPOCatalog(SACCatalog):
     (``fcnet_hiddens``, ``fcnet_activation``): the critic of SAC (Haarnoja et al. 2018) and of
     MBPO's reference code. RLlib's default instead encodes obs and action in two streams and
     fuses them with two more layers (``fusionnet_hiddens``), about 7x the FLOPs per Q
-    evaluation at 256 units; the policy network is RLlib's unchanged."""
+    evaluation at 256 units; the policy network is RLlib's unchanged. Its heads (the output
+    layers) stay float32 under a bf16 autocast (:class:`Float32MLPHead`)."""
+
+    @override(SACCatalog)
+    def build_pi_head(self, framework: str) -> Model:
+        return _float32_head(super().build_pi_head(framework))
+
+    @override(SACCatalog)
+    def build_qf_head(self, framework: str) -> Model:
+        return _float32_head(super().build_qf_head(framework))
 
     @override(SACCatalog)
     def _build_qf_encoder_continuous(self, framework: str) -> Encoder:
