@@ -75,6 +75,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: our Learner (SAC updates, rollouts) and model fit on the GPU, "
                         "and mbrl-lib's device cuda")
+    p.add_argument("--precision", nargs="+", choices=("float32", "bfloat16"),
+                   default=["float32"],
+                   help="our run(s): sac_precision and model_precision (bfloat16: autocast "
+                        "of the SAC updates' hidden layers and of the model fit's steps); one "
+                        "run of ours per value, mbrl-lib always float32")
     p.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = p.parse_args()
     if args.real_steps < 2 * FIT_EVERY or args.real_steps % FIT_EVERY:
@@ -82,8 +87,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_ours(args: argparse.Namespace) -> dict:
-    """Our MBPO for 5,000 + ``real_steps`` real steps; the same summary as the peer's."""
+def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
+    """Our MBPO for 5,000 + ``real_steps`` real steps with ``precision`` (SAC updates and
+    model fit); the same summary as the peer's."""
     import ray
     import torch
 
@@ -93,13 +99,15 @@ def run_ours(args: argparse.Namespace) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = tune_configs.load_config(
         "halfcheetah", "mbrl_lib", algo="mbpo", seed=args.seed, env_steps_per_block=args.block,
-        learner_torch_threads=args.threads, model_device=args.device, **MBRL_LIB_SETTINGS)
+        learner_torch_threads=args.threads, model_device=args.device,
+        sac_precision=precision, model_precision=precision, **MBRL_LIB_SETTINGS)
     if args.device == "cuda":
         config.learners(num_gpus_per_learner=1)
     algo = config.build_algo()
     rows, cum = [], dict.fromkeys(PHASES, 0.0)
     wall = 0.0
-    out_csv = getattr(args, "out_csv", None) or RESULTS / "mbpo_vs_mbrl_lib.csv"
+    out_csv = getattr(args, "out_csv", None) or RESULTS / (
+        "mbpo_vs_mbrl_lib.csv" if precision == "float32" else f"mbpo_vs_mbrl_lib_{precision}.csv")
     try:
         with open(out_csv, "w", newline="") as fh:
             fields = ["real_steps", "wall_s", *(f"{p}_s" for p in PHASES), "other_s",
@@ -136,7 +144,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                 writer.writerow({k: round(v, 4) if isinstance(v, float) else v
                                  for k, v in row.items()})
                 fh.flush()
-                print(f"[ours] real step {c['real_steps']}: {dt:.1f} s "
+                print(f"[ours {precision}] real step {c['real_steps']}: {dt:.1f} s "
                       f"(fit {phase['model_fit']:.1f}, rollouts {phase['rollout']:.1f}, "
                       f"sac {phase['sac_update']:.1f})", file=sys.stderr)
                 if c["real_steps"] >= 5000 + args.real_steps:
@@ -150,7 +158,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     per_1k["total"] = rows[-1]["wall_s"] * k
     return {
         "side": "mbmpo_ray MBPO", "env": "HalfCheetah-v5", "threads": args.threads,
-        "device": args.device,
+        "device": args.device, "precision": precision,
         "block": args.block, "window_real_steps": [FIT_EVERY, rows[-1]["real_steps"]],
         "per_1k_real_steps_s": {p: round(s, 3) for p, s in per_1k.items()},
         "window": {"sac_updates": rows[-1]["sac_updates"],
@@ -187,53 +195,68 @@ def without_eval(side: dict) -> float:
     return s["total"] - s["eval"]
 
 
-def report(ours: dict, peer: dict | None, args: argparse.Namespace, load0: str,
+def report(ours: dict[str, dict], peer: dict | None, args: argparse.Namespace, load0: str,
            order: list[str]) -> str:
+    """The BENCHMARKS.md section: seconds per 1,000 real steps per phase, one column per run
+    of ours (``ours``: precision -> summary) and mbrl-lib's, with mbrl-lib / ours ratios."""
     names = ("model_fit", "rollout", "sac_update", "env_step", "other", "eval", "total")
+    precisions = list(ours)
     rows = []
+
+    def ratios(b: float, values: list[float]) -> list[str]:
+        return [f"{b / a:.2f}x" if a > 0 else "n/a" for a in values] if peer else []
+
     for name in names:
-        a = ours["per_1k_real_steps_s"][name]
-        if peer is None:
-            rows.append((name, f"{a:.1f}", "", ""))
-            continue
-        b = peer["per_1k_real_steps_s"][name]
-        rows.append((name, f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x" if a > 0 else "n/a"))
-    if peer is not None:
-        a, b = without_eval(ours), without_eval(peer)
-        rows.append(("**total without eval**", f"**{a:.1f}**", f"**{b:.1f}**", f"**{b / a:.2f}x**"))
-    rows.append(("ms per SAC update", f"{ours['window']['ms_per_sac_update']:.1f}",
-                 f"{peer['window']['ms_per_sac_update']:.1f}" if peer else "",
-                 f"{peer['window']['ms_per_sac_update'] / ours['window']['ms_per_sac_update']:.2f}x"
-                 if peer else ""))
+        a = [ours[p]["per_1k_real_steps_s"][name] for p in precisions]
+        b = peer["per_1k_real_steps_s"][name] if peer else None
+        rows.append((name, *(f"{x:.1f}" for x in a), *([f"{b:.1f}"] if peer else []),
+                     *ratios(b, a)))
+    a = [without_eval(ours[p]) for p in precisions]
+    b = without_eval(peer) if peer else None
+    rows.append(("**total without eval**", *(f"**{x:.1f}**" for x in a),
+                 *([f"**{b:.1f}**"] if peer else []),
+                 *(f"**{r}**" for r in ratios(b, a))))
+    a = [ours[p]["window"]["ms_per_sac_update"] for p in precisions]
+    b = peer["window"]["ms_per_sac_update"] if peer else None
+    rows.append(("ms per SAC update", *(f"{x:.1f}" for x in a),
+                 *([f"{b:.1f}"] if peer else []), *ratios(b, a)))
+    fit = [ours[p]["window"] for p in precisions]
     rows.append(("s per model fit (epochs)",
-                 f"{ours['window']['s_per_model_fit']:.1f} "
-                 f"({ours['window']['epochs_per_model_fit']:.0f})",
-                 f"{peer['window']['s_per_model_fit']:.1f} "
-                 f"({peer['window']['epochs_per_model_fit']:.0f})" if peer else "", ""))
+                 *(f"{w['s_per_model_fit']:.1f} ({w['epochs_per_model_fit']:.0f})" for w in fit),
+                 *([f"{peer['window']['s_per_model_fit']:.1f} "
+                    f"({peer['window']['epochs_per_model_fit']:.0f})"] if peer else []),
+                 *([""] * len(precisions) if peer else [])))
     lines = header_lines([args.threads], load0)
     lines.append(f"- Runs, one after the other in this script: {', '.join(order)}; window: real "
-                 f"steps 250..{ours['window_real_steps'][1]} after the 5,000 initial ones; "
-                 f"ours steps the env in blocks of {args.block} (mbrl-lib: 1)")
+                 f"steps 250..{ours[precisions[0]]['window_real_steps'][1]} after the 5,000 "
+                 f"initial ones; ours steps the env in blocks of {args.block} (mbrl-lib: 1); "
+                 "ours with `sac_precision` = `model_precision` = the column's dtype (bfloat16: "
+                 "autocast of the SAC hidden layers and the model fit's steps)")
     if peer is not None:
         lines.append(f"- Peer: mbrl-lib {peer['versions']['mbrl']} on HalfCheetah-v4, torch "
-                     f"{peer['versions']['torch']}, gymnasium {peer['versions']['gymnasium']}")
-    table = markdown_table(("seconds per 1,000 real steps", "ours (v5)",
-                            "mbrl-lib (v4)", "mbrl-lib / ours"), rows)
-    return "\n".join(lines) + "\n\n" + table + "\n"
+                     f"{peer['versions']['torch']}, gymnasium {peer['versions']['gymnasium']} "
+                     "(float32)")
+    header = ("seconds per 1,000 real steps", *(f"ours {p} (v5)" for p in precisions),
+              *(["mbrl-lib (v4)"] if peer else []),
+              *(f"mbrl-lib / ours {p}" for p in precisions if peer))
+    return "\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
 
 
 def main() -> None:
     args = parse_args()
     load0 = load_average()
-    order = ["ours", "peer"] if args.order == "ours-first" else ["peer", "ours"]
+    ours_runs = [f"ours {p}" for p in args.precision]
+    order = ours_runs + ["peer"] if args.order == "ours-first" else ["peer", *ours_runs]
     if args.peer_python is None:
-        order = ["ours"]
+        order = ours_runs
     results = {}
     for side in order:
-        results[side] = run_ours(args) if side == "ours" else run_peer(args)
+        results[side] = (run_peer(args) if side == "peer"
+                         else run_ours(args, side.split()[1]))
         print(json.dumps(results[side]), file=sys.stderr)
     (RESULTS / "mbpo_vs_mbrl_lib.json").write_text(json.dumps(results, indent=1))
-    body = report(results["ours"], results.get("peer"), args, load0, order)
+    ours = {p: results[f"ours {p}"] for p in args.precision}
+    body = report(ours, results.get("peer"), args, load0, order)
     print(body)
     if not args.no_write:
         update_section("bench_mbpo", "MBPO vs mbrl-lib, HalfCheetah (`benchmarks/bench_mbpo.py`)",

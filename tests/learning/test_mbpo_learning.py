@@ -2,7 +2,9 @@
 Pendulum-v1 (horizon 200) better than -250 within 4,000 real steps.
 
 A run stops as soon as an iteration's evaluation (3 episodes, mean action) reaches the target
-and a fresh 10-episode evaluation confirms it. Minutes on two cores, hence `slow`.
+and a fresh 10-episode evaluation confirms it. Minutes on two cores, hence `slow`. Each runs
+in float32 and with bfloat16 SAC updates and model fits (``sac_precision``,
+``model_precision``); bf16 is emulated, and slow, on CPUs without AVX512-BF16 or AMX.
 """
 
 import time
@@ -15,8 +17,13 @@ import tune_configs
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
-def learn(name: str, budget: int, target: float, seed: int = 0):
-    algo = tune_configs.load_config(name, "default", algo="mbpo", seed=seed).build_algo()
+PRECISIONS = pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+
+
+def learn(name: str, budget: int, target: float, seed: int = 0, precision: str = "float32"):
+    algo = tune_configs.load_config(name, "default", algo="mbpo", seed=seed,
+                                    sac_precision=precision,
+                                    model_precision=precision).build_algo()
     t0, history, confirmed = time.perf_counter(), [], None
     try:
         while True:
@@ -38,14 +45,17 @@ def learn(name: str, budget: int, target: float, seed: int = 0):
     return steps, history, confirmed, time.perf_counter() - t0
 
 
-def test_inverted_pendulum_reaches_950_within_5k_real_steps():
-    steps, history, confirmed, secs = learn("inverted_pendulum", 5000, 950.0)
-    print(f"InvertedPendulum-v5: {steps} real steps, {secs:.0f} s")
+@PRECISIONS
+def test_inverted_pendulum_reaches_950_within_5k_real_steps(precision):
+    steps, history, confirmed, secs = learn("inverted_pendulum", 5000, 950.0,
+                                            precision=precision)
+    print(f"InvertedPendulum-v5 ({precision}): {steps} real steps, {secs:.0f} s")
     assert steps <= 5000 and confirmed is not None and np.mean(confirmed) >= 950, history
 
 
-def test_pendulum_better_than_minus_250_within_4k_real_steps():
-    steps, history, confirmed, secs = learn("pendulum", 4000, -250.0)
-    print(f"Pendulum-v1: {steps} real steps, {secs:.0f} s")
+@PRECISIONS
+def test_pendulum_better_than_minus_250_within_4k_real_steps(precision):
+    steps, history, confirmed, secs = learn("pendulum", 4000, -250.0, precision=precision)
+    print(f"Pendulum-v1 ({precision}): {steps} real steps, {secs:.0f} s")
     assert history[0][1] < -500  # the first policy (after 1,000 random steps) is far off
     assert steps <= 4000 and confirmed is not None and np.mean(confirmed) > -250, history
