@@ -231,6 +231,9 @@ def test_checkpoint_round_trip(tmp_path):
                                b.curr_log_alpha["default_policy"])
             assert float(a.curr_log_alpha["default_policy"].detach()) != 0.0  # it was trained
             assert_nested_equal(a._get_optimizer_state(), b._get_optimizer_state())
+            # on a CPU every SAC Adam runs PyTorch's fused kernel, restored ones too
+            assert all(group["fused"] for lrn in (a, b) for opt in lrn._optimizer_parameters
+                       for group in opt.param_groups)
             # ensemble (weights, normalisers, elites) and its Adam states
             for k, v in algo.fitter.ensemble.state_dict().items():
                 assert torch.equal(v, restored.fitter.ensemble.state_dict()[k]), k
