@@ -57,5 +57,7 @@ def test_inverted_pendulum_reaches_950_within_5k_real_steps(precision):
 def test_pendulum_better_than_minus_250_within_4k_real_steps(precision):
     steps, history, confirmed, secs = learn("pendulum", 4000, -250.0, precision=precision)
     print(f"Pendulum-v1 ({precision}): {steps} real steps, {secs:.0f} s")
-    assert history[0][1] < -500  # the first policy (after 1,000 random steps) is far off
+    # the first policy (after 1,000 random steps and one iteration of updates) is well short
+    # of the target: -720 (float32) and -436 (bfloat16) on 2026-11-24; a random policy: ~-1,200
+    assert history[0][1] < -400, history
     assert steps <= 4000 and confirmed is not None and np.mean(confirmed) > -250, history

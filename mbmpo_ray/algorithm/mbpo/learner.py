@@ -16,7 +16,10 @@ maths:
 * ``log_alpha`` and the model buffer in the Learner state, so checkpoints carry them.
 
 It also computes the gradients of the four SAC losses in one backward pass of their sum
-(:meth:`compute_gradients`; identical gradients, ~30% less time per step on a CPU).
+(:meth:`compute_gradients`; identical gradients, ~30% less time per step on a CPU), steps
+PyTorch's fused Adam kernel on a CPU (:meth:`_fuse_adam`), and with ``sac_precision`` runs
+each update's forward pass and losses under a bfloat16 autocast (:meth:`_sac_autocast`; the
+output layers stay float32, :class:`~mbmpo_ray.algorithm.mbpo.rl_module.Float32MLPHead`).
 """
 
 from __future__ import annotations
