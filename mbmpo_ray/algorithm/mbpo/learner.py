@@ -134,8 +134,8 @@ class MBPOTorchLearner(SACTorchLearner):
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         """RLlib's SAC optimisers (Adam for the critics, the actor and alpha), on a CPU with
         PyTorch's fused Adam kernel: the same update rule in one vectorised pass per
-        optimiser instead of ~10 elementwise passes per parameter (torch's CPU default), 10x
-        faster per step and a quarter of a bf16 SAC update's time at 512 x 512."""
+        optimiser instead of ~10 elementwise passes per parameter (torch's CPU default); 10x
+        faster per step on its own, 0.5-1 ms of a 11 ms bf16 SAC update at 512 x 512 here."""
         super().configure_optimizers_for_module(module_id, config)
         self._fuse_adam()
 
