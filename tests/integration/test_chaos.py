@@ -33,8 +33,10 @@ def chaos_config(**overrides):
     return (
         tune_configs.load_config("pendulum", "smoke", **settings)
         .env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5)
+        # a restarted env runner is a fresh worker process (Ray, torch, RLlib imports): on two
+        # cores busy with another run that took over 60 s once (2026-11-24), seconds when idle
         .fault_tolerance(env_runner_health_probe_timeout_s=3,
-                         env_runner_restore_timeout_s=60)
+                         env_runner_restore_timeout_s=180)
     )
 
 
