@@ -309,10 +309,11 @@ def _tune(storage, *extra):
 
 def test_sweep_is_resumable_after_interruption(tmp_path):
     """Interrupt a 2-trial sweep after its first trial, then `--resume` finishes the other.
-    Five iterations per trial: the second trial, started as the first ends, cannot also finish
-    while Tune handles the Ctrl-C (two tiny iterations could, on a loaded machine)."""
+    40 iterations per trial: the second trial, started as the first ends, cannot also finish
+    while Tune handles the Ctrl-C (on a fast idle machine a smoke iteration takes 0.13 s, and
+    5 of them once did, 2026-11-24)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    iters = 5
+    iters = 40
     proc = subprocess.Popen(_tune(tmp_path, "--iterations", str(iters)), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = tmp_path / "mbmpo_smoke"
