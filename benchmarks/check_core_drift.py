@@ -9,6 +9,11 @@ difference between runs of the two commits comes from elsewhere (the Ray glue, r
 run-to-run spread), not from the fit, the imagination or the meta-policy update.
 
     .venv/bin/python benchmarks/check_core_drift.py --against 7dde31d   # ~1 min
+
+Both probes run with ``MKL_CBWR=AVX2`` (unless set otherwise): on AVX-512 CPUs MKL's float32
+kernels may round differently with the memory alignment of their operands, so an unrelated
+change (another module imported, another allocation) moved the meta step's KL in its 8th
+digit (2026-11-24, an AVX512-BF16 EPYC); MKL's reproducible mode makes the check exact again.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ for step in range(3):
 
 def probe(source: Path) -> list[str]:
     """The probe's output lines with ``source`` first on the import path."""
-    env = {**os.environ, "PYTHONPATH": str(source)}
+    env = {"MKL_CBWR": "AVX2", **os.environ, "PYTHONPATH": str(source)}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=source, env=env, text=True,
                          capture_output=True)
     if out.returncode != 0:

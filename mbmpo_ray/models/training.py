@@ -380,9 +380,11 @@ def train_step(
     ``loss_weight_K`` is None). ``autocast`` (e.g. ``torch.bfloat16``): the forward pass runs
     under ``torch.autocast`` of that dtype (entered per step: it caches cast weights until it
     exits, and the step changes them). Returns the ``[K]`` member losses (detached)."""
-    with torch.autocast(x_K_B_I.device.type, dtype=autocast or torch.bfloat16,
-                        enabled=autocast is not None):
-        losses = ensemble.member_losses(x_K_B_I, y_K_B_D).float()
+    if autocast is None:
+        losses = ensemble.member_losses(x_K_B_I, y_K_B_D)
+    else:
+        with torch.autocast(x_K_B_I.device.type, dtype=autocast):
+            losses = ensemble.member_losses(x_K_B_I, y_K_B_D).float()
     weighted = losses if loss_weight_K is None else losses * loss_weight_K
     loss = weighted.sum() + ensemble.regularization_loss()
     optimizer.zero_grad(set_to_none=True)
