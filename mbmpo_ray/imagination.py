@@ -126,6 +126,14 @@ def bf16_is_fast(device_type: str = "cpu") -> bool:
     return best_time(torch.bfloat16) <= 0.7 * best_time(torch.float32)
 
 
+def autocast_dtype(precision: str, device_type: str = "cpu") -> torch.dtype | None:
+    """The autocast dtype of a ``*_precision`` setting: ``torch.bfloat16`` for "bfloat16", and
+    for "auto" where :func:`bf16_is_fast`; None (no autocast, float32) otherwise."""
+    if precision == "bfloat16" or (precision == "auto" and bf16_is_fast(device_type)):
+        return torch.bfloat16
+    return None
+
+
 @dataclass
 class ImaginedBatch:
     """Imagined trajectories of T tasks x N rollouts x H steps.

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from mbmpo_ray import settings
+from mbmpo_ray.imagination import autocast_dtype
 from mbmpo_ray.models.ensemble import DynamicsEnsemble
 from mbmpo_ray.settings import Rule, setting
 
@@ -431,15 +432,6 @@ def _rounds(cfg: FitConfig, n_train: int) -> list[int | None]:
     return [size] * (budget // size) + ([budget % size] if budget % size else [])
 
 
-def _autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
-    """The autocast dtype of the training steps for ``model_precision`` (None: float32)."""
-    if precision == "auto":
-        from mbmpo_ray.imagination import bf16_is_fast  # (imagination imports this package)
-
-        precision = "bfloat16" if bf16_is_fast(device_type) else "float32"
-    return torch.bfloat16 if precision == "bfloat16" else None
-
-
 def _train_epoch(
     ensemble: DynamicsEnsemble,
     optimizer: torch.optim.Optimizer,
@@ -581,7 +573,7 @@ def fit_ensemble(
     n, k = obs_t.shape[0], ensemble.ensemble_size
     val_idx, train_idx = _split_holdout(n, cfg, generator, row_ids)
     n_train, holdout = train_idx.numel(), val_idx.cpu().numpy()
-    autocast = _autocast_dtype(cfg.model_precision, device.type)
+    autocast = autocast_dtype(cfg.model_precision, device.type)
 
     # snapshots for the divergence guard (never modified afterwards)
     pre_state = {name: t.detach().clone() for name, t in ensemble.state_dict().items()}

@@ -10,6 +10,7 @@ from mbmpo_ray.imagination import (
     BiasedDynamics,
     ImaginationSampler,
     StateBounds,
+    autocast_dtype,
     bf16_is_fast,
     first_task_of_each_member,
     imagine,
@@ -249,3 +250,7 @@ def test_autocast_dynamics_returns_the_input_dtype_and_close_predictions():
     assert not torch.equal(low, ref)  # bf16 matmuls did run
     torch.testing.assert_close(low, ref, rtol=0.05, atol=0.05)
     assert isinstance(bf16_is_fast("cpu"), bool) and bf16_is_fast("meta") is False
+    # the *_precision settings: bfloat16 always, auto only where bf16 is fast, else none
+    assert autocast_dtype("bfloat16", "meta") is torch.bfloat16
+    assert autocast_dtype("float32", "cpu") is None and autocast_dtype("auto", "meta") is None
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if bf16_is_fast("cpu") else None)

@@ -17,7 +17,7 @@ from mbmpo_ray.imagination import (
     BiasedDynamics,
     ImaginationSampler,
     StateBounds,
-    bf16_is_fast,
+    autocast_dtype,
     first_task_of_each_member,
 )
 from mbmpo_ray.meta import adapt_policies, meta_step
@@ -126,9 +126,9 @@ class MBMPOTorchLearner(TorchLearner):
             self._ensemble = DynamicsEnsemble(**ensemble_kwargs).to(dev)
         self._ensemble.load_state_dict(ensemble_state)
         dynamics = self._ensemble
-        if cfg.imagination_precision == "bfloat16" or (
-                cfg.imagination_precision == "auto" and bf16_is_fast(dev.type)):
-            dynamics = AutocastDynamics(dynamics, torch.bfloat16)
+        dtype = autocast_dtype(cfg.imagination_precision, dev.type)
+        if dtype is not None:
+            dynamics = AutocastDynamics(dynamics, dtype)
         biases = cfg.model_biases()
         if biases is not None:
             dynamics = BiasedDynamics(dynamics, biases, cfg.model_bias_std)

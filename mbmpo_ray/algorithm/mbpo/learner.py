@@ -40,7 +40,7 @@ from ray.rllib.utils.metrics import NUM_TARGET_UPDATES
 
 from mbmpo_ray.buffer import ModelBuffer
 from mbmpo_ray.envs import EnvSpec
-from mbmpo_ray.imagination import StateBounds, bf16_is_fast, branched_rollouts
+from mbmpo_ray.imagination import StateBounds, autocast_dtype, branched_rollouts
 from mbmpo_ray.models import DynamicsEnsemble
 
 MBPO_LEARNER_STATE = "mbpo"
@@ -306,9 +306,7 @@ class MBPOTorchLearner(SACTorchLearner):
         Entered per update, never across one: autocast caches the bf16 copies of the weights
         until the context exits, and Adam changes the weights after every update."""
         if self._bf16 is None:
-            precision = self.config.sac_precision
-            self._bf16 = precision == "bfloat16" or (
-                precision == "auto" and bf16_is_fast(self._device.type))
+            self._bf16 = autocast_dtype(self.config.sac_precision, self._device.type) is not None
         if not self._bf16:
             return contextlib.nullcontext()
         # no weight cache while a CUDA graph is captured (its casts are replayed instead)
