@@ -92,6 +92,7 @@ def finished(sweep_name: str) -> bool:
     iterations, so ``--run`` has nothing left to do (e.g. a part committed by an earlier
     session on another machine, whose Tune directory is gone)."""
     import tune_configs.sweeps as sweeps
+    from mbmpo_ray.tuning import sweep_seeds
 
     sweep = sweeps.SWEEPS[sweep_name]
     (key, values), = sweep["grid"].items()
@@ -100,7 +101,7 @@ def finished(sweep_name: str) -> bool:
         # Tune's params.json has a joint point's keys in sorted order, so its CSVs' names too
         label = trial_label({key: dict(sorted(value.items())) if isinstance(value, dict)
                              else value}, key)
-        for seed in range(sweep.get("seeds", 1)):
+        for seed in sweep_seeds(sweep):
             path = out_dir / f"{label}_seed{seed}.csv"
             if not path.exists() or len(read(path)) < sweep["iterations"]:
                 return False

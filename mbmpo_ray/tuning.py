@@ -27,6 +27,14 @@ def trainable_name(sweep: dict[str, Any]) -> str:
     return "MBPO" if sweep.get("algo", "mbmpo") == "mbpo" else "MBMPO"
 
 
+def sweep_seeds(sweep: dict[str, Any], seeds: int | None = None) -> list[int]:
+    """The seeds of a sweep: ``seeds`` (the CLI's ``--seeds N``: 0 .. N-1) if given, else the
+    sweep's ``seeds``, a count N (0 .. N-1) or a list of seeds (a part of a longer sweep that
+    runs some of its seeds, e.g. ``[1]``)."""
+    n = seeds or sweep.get("seeds", 1)
+    return list(range(n)) if isinstance(n, int) else [int(s) for s in n]
+
+
 def param_space(sweep: dict[str, Any], seeds: int | None = None):
     """The MBMPOConfig of a sweep with ``tune.grid_search`` over its grid and seeds.
 
@@ -52,7 +60,7 @@ def param_space(sweep: dict[str, Any], seeds: int | None = None):
         space = {"mbmpo_point": tune.grid_search(points)}
     else:
         space = {key: tune.grid_search(list(values))}
-    space["seed"] = tune.grid_search(list(range(seeds or sweep.get("seeds", 1))))
+    space["seed"] = tune.grid_search(sweep_seeds(sweep, seeds))
     return config, space
 
 

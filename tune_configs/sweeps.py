@@ -2,8 +2,8 @@
 (rollout length, real ratio, updates per step, ensemble size).
 
 A sweep is a dict: ``config`` (env config name), ``variant``, ``grid`` (setting -> values),
-``seeds``, ``iterations`` (per trial), ``metric`` / ``mode`` for the results table and ASHA,
-``algo`` ("mbmpo" if absent, or "mbpo").
+``seeds`` (a count N for seeds 0 .. N-1, or a list of seeds), ``iterations`` (per trial),
+``metric`` / ``mode`` for the results table and ASHA, ``algo`` ("mbmpo" if absent, or "mbpo").
 ``mbmpo-ray tune <name>`` runs one; :func:`mbmpo_ray.tuning.param_space` builds its Tune space.
 """
 
@@ -81,13 +81,17 @@ MODEL_BIAS = dict(
     iterations=8,
 )
 
-# ... and the same 12 trials in three parts by b_max (4 trials, ~80 min each), so that one
-# part fits in a session on a machine that keeps no Tune state between sessions: each part
-# writes its CSVs beside the others' (``report_as``), and ``exp_sweeps.py`` reports them
-# together as ``model_bias``
-MODEL_BIAS_PARTS = {f"model_bias_b{b_max:g}": dict(MODEL_BIAS, grid=_bias_grid((b_max,)),
-                                                   report_as="model_bias")
-                    for b_max in (0.0, 0.5, 1.0)}
+# ... and the same 12 trials in parts that each fit in a session on a machine that keeps no
+# Tune state between sessions: each part writes its CSVs beside the others' (``report_as``),
+# and ``exp_sweeps.py`` reports them together as ``model_bias``. b_max = 0 ran as one part of
+# 4 trials (~100 min here, one trial at a time); the others run one seed per part (2 trials,
+# ~50 min)
+MODEL_BIAS_PARTS = {
+    "model_bias_b0": dict(MODEL_BIAS, grid=_bias_grid((0.0,)), report_as="model_bias"),
+    **{f"model_bias_b{b_max:g}_seed{seed}": dict(MODEL_BIAS, grid=_bias_grid((b_max,)),
+                                                 seeds=[seed], report_as="model_bias")
+       for b_max in (0.5, 1.0) for seed in (0, 1)},
+}
 
 # adaptation on long horizons: 1000-step real episodes, 500-step imagined rollouts (as the
 # original code), MB-MPO against alpha = 0

@@ -95,15 +95,16 @@ def test_mbpo_run_stops_at_its_wall_budget(ray_local, tmp_path, monkeypatch):
 
 
 def test_sweep_parts_report_together(tmp_path, monkeypatch):
-    """A sweep run in parts (``report_as``): each part's trials land in the whole's directory
-    and the whole's report counts every part's trials."""
+    """A sweep run in parts (``report_as``; a part may run some of the seeds): each part's
+    trials land in the whole's directory and the whole's report counts every part's
+    trials."""
     import json
 
     import exp_sweeps
 
     monkeypatch.setattr(exp_sweeps, "RESULTS", tmp_path / "results")
     storage = tmp_path / "tune"
-    for part, b_max in (("model_bias_b0", 0.0), ("model_bias_b0.5", 0.5)):
+    for part, b_max in (("model_bias_b0", 0.0), ("model_bias_b0.5_seed0", 0.5)):
         for alpha in (0.0, 0.001):
             trial = storage / f"mbmpo_{part}" / f"trial_{alpha}"
             trial.mkdir(parents=True)
@@ -113,16 +114,19 @@ def test_sweep_parts_report_together(tmp_path, monkeypatch):
                 "num_real_steps_lifetime,episode_return_mean,time_total_s\n"
                 + "".join(f"{4000 * i},{10 * i + alpha},{60 * i}\n" for i in range(1, 9)))
     first = exp_sweeps.export("model_bias_b0", storage)
-    both = exp_sweeps.export("model_bias_b0.5", storage)
+    both = exp_sweeps.export("model_bias_b0.5_seed0", storage)
     assert [p.name for p in first] == ["inner_lr=0.0,model_bias_max=0.0_seed0.csv",
                                       "inner_lr=0.001,model_bias_max=0.0_seed0.csv"]
     assert len(both) == 4 and all(p.parent.name == "model_bias" for p in both)
     body = exp_sweeps.report("model_bias", both, 8, "mbmpo_point",
-                             ["model_bias_b0", "model_bias_b0.5"])
-    assert "model_bias_max=0.5" in body and "`model_bias_b0.5`" in body
+                             ["model_bias_b0", "model_bias_b0.5_seed0"])
+    assert "model_bias_max=0.5" in body and "`model_bias_b0.5_seed0`" in body
     assert (tmp_path / "results" / "model_bias.png").exists()
     # a part counts as finished (``--run`` skips it) once every point x seed has all its rows
     assert not exp_sweeps.finished("model_bias_b0")  # seed 1 missing
     for p in first:
         p.with_name(p.name.replace("_seed0", "_seed1")).write_text(p.read_text())
-    assert exp_sweeps.finished("model_bias_b0") and not exp_sweeps.finished("model_bias_b0.5")
+    assert exp_sweeps.finished("model_bias_b0")
+    # a one-seed part needs only its seed's rows
+    assert exp_sweeps.finished("model_bias_b0.5_seed0")
+    assert not exp_sweeps.finished("model_bias_b0.5_seed1")

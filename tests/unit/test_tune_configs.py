@@ -4,7 +4,7 @@ import pytest
 from ray._private.dict import unflattened_lookup
 
 import tune_configs
-from mbmpo_ray.tuning import get_sweep, param_space, swept_columns
+from mbmpo_ray.tuning import get_sweep, param_space, sweep_seeds, swept_columns
 from tune_configs.sweeps import SWEEPS
 
 
@@ -41,7 +41,7 @@ def test_every_sweep_point_is_a_valid_config(name):
     config, space = param_space(sweep)
     points = space.get("mbmpo_point", next(v for k, v in space.items() if k != "seed"))
     values = points["grid_search"]
-    assert len(values) >= 2 and len(space["seed"]["grid_search"]) == sweep["seeds"]
+    assert len(values) >= 2 and space["seed"]["grid_search"] == sweep_seeds(sweep)
     key = next(iter(sweep["grid"]))
     for value in values:
         # as Tune builds a trial: the base config plus the grid value under its key
