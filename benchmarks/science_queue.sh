@@ -5,15 +5,29 @@
 #
 #     mkdir -p runs && nohup benchmarks/science_queue.sh > runs/science_queue.log 2>&1 &
 #
+# With QUEUE_UNTIL set (any time `date -d` reads, e.g. QUEUE_UNTIL=06:30), a step that would
+# not end by then (by its expected minutes, the first argument of `step`) is not started and
+# the queue stops there: no run is left half done when a session or a machine loan ends.
+#
 # Each step writes its CSVs under benchmarks/results/ (commit them as they grow) and its
-# BENCHMARKS.md section when it ends. On two cores the whole queue takes about 15 hours.
+# BENCHMARKS.md section when it ends. On two cores what is left takes about 10 hours.
 # Run nothing else CPU-heavy beside it: the runs' wall-clock figures would stretch.
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "no $PY: run 'make install' first" >&2; exit 1; }
+until_s=
+if [ -n "${QUEUE_UNTIL:-}" ]; then
+    until_s=$(date -d "$QUEUE_UNTIL" +%s) || exit 1
+fi
 
-step() {
+step() {  # step EXPECTED_MINUTES SCRIPT ARGS...
+    local minutes=$1
+    shift
+    if [ -n "$until_s" ] && (( $(date +%s) + minutes * 60 > until_s )); then
+        echo "=== $(date -u '+%F %T') stop: '$*' (~$minutes min) would not end by $QUEUE_UNTIL"
+        exit 0
+    fi
     echo "=== $(date -u '+%F %T') start: $*"
     "$PY" "$@"
     echo "=== $(date -u '+%F %T') exit $?: $*"
@@ -29,23 +43,20 @@ last_steps() {
 
 efficiency=benchmarks/exp_sample_efficiency.py
 
-# issue 13, claim 1: HalfCheetah-v5 (H = 200), 3 seeds per method (PPO's are done)
-for seed in 0 1 2; do
-    step $efficiency --env halfcheetah --methods sac mbmpo --seeds $seed --checkpoint-s 120
-done
-
 # issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~5 h), in parts
 # (a fresh machine keeps no Tune state; a part whose trials are all in the committed CSVs is
 # skipped): b_max = 0 (4 trials, ~100 min), then one seed of one b_max per part (~50 min)
-for part in b0 b0.5_seed0 b0.5_seed1 b1_seed0 b1_seed1; do
-    step benchmarks/exp_sweeps.py model_bias_$part --run
+step 100 benchmarks/exp_sweeps.py model_bias_b0 --run
+for part in b0.5_seed0 b0.5_seed1 b1_seed0 b1_seed1; do
+    step 50 benchmarks/exp_sweeps.py model_bias_$part --run
 done
 
 # issue 11: MBPO (two hours at most) and SAC at MBPO's real steps, horizon 1000
 for env in halfcheetah_h1000 hopper_h1000; do
-    step $efficiency --env $env --methods mbpo --seeds 0 --max-minutes 120 --checkpoint-s 300
+    step 125 $efficiency --env $env --methods mbpo --seeds 0 --max-minutes 120 \
+        --checkpoint-s 300
     steps=$(last_steps "${env}_mbpo_seed0")
     [ -n "$steps" ] || { echo "=== ${env}_mbpo_seed0 unfinished: stop"; exit 1; }
-    step $efficiency --env $env --methods sac --seeds 0 --budget "$steps" \
+    step 90 $efficiency --env $env --methods sac --seeds 0 --budget "$steps" \
         --checkpoint-s 300
 done
