@@ -58,6 +58,7 @@ MBRL_LIB_SETTINGS = dict(
     model_improvement_threshold=0.01, rollouts_per_step=400, rollout_schedule=(20, 150, 1, 1),
     model_retain_epochs=1, updates_per_step=10, real_ratio=0.0, sac_hidden_sizes=(512, 512),
     target_entropy=-1.0, eval_episodes_per_iter=1, model_val_space="raw",
+    model_holdout_split="per_fit",
 )
 
 

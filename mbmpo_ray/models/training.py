@@ -74,6 +74,13 @@ class FitConfig:
         "stopping", Rule(float, low=0, high=1, open_high=True))
     model_max_holdout: int = setting(
         5000, "cap on the number of held-out rows", Rule(int, low=0))
+    model_holdout_split: str = setting(
+        "fixed", "how rows are held out across fits: 'fixed' (with row ids, a row is held out "
+        "in every fit or in none, so a warm-started fit validates on rows it never trained "
+        "on) or 'per_fit' (a fresh random split every fit, as mbrl-lib and the MBPO "
+        "reference: rows trained on in an earlier fit enter the holdout, whose loss then "
+        "stops improving sooner, so fits run fewer epochs)",
+        Rule(str, choices=("fixed", "per_fit")))
     model_patience: int = setting(
         5, "epochs without significant validation improvement after which a member stops "
         "training", Rule(int, low=1))
@@ -547,6 +554,7 @@ def fit_ensemble(
             validates on rows it has never trained on (a fresh random split per call would let
             rows trained on last time into the holdout and stop training too early). Beyond
             ``model_max_holdout``, the held-out rows with the largest ids (the newest) are used.
+            With ``model_holdout_split='per_fit'`` the split ignores them (random per call).
         new_rows: The last ``new_rows`` rows are new since the previous fit (rows oldest
             first); with a step budget, ``model_new_data_fraction`` of the batches is drawn
             from them.
@@ -571,7 +579,8 @@ def fit_ensemble(
     )
     obs_t, act_t, next_t = data["obs"], data["act"], data["next_obs"]
     n, k = obs_t.shape[0], ensemble.ensemble_size
-    val_idx, train_idx = _split_holdout(n, cfg, generator, row_ids)
+    val_idx, train_idx = _split_holdout(
+        n, cfg, generator, row_ids if cfg.model_holdout_split == "fixed" else None)
     n_train, holdout = train_idx.numel(), val_idx.cpu().numpy()
     autocast = autocast_dtype(cfg.model_precision, device.type)
 

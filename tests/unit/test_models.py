@@ -215,12 +215,13 @@ def test_fit_config_rejects_wrong_types_and_values_all_at_once():
                     model_weight_decay=-1.0, model_max_epochs=-1, model_max_holdout=None,
                     model_improvement_threshold=float("nan"), update_normalizers=1,
                     model_fit_steps=-5, model_check_steps=0, model_new_data_fraction=1.5,
-                    model_val_space="log", model_precision="fp16")
+                    model_val_space="log", model_precision="fp16",
+                    model_holdout_split="stable")
     found = bad.problems()
     assert len(found) == len(dataclasses.fields(FitConfig))  # every field is wrong
     for name in ("model_batch_size", "model_lr", "model_holdout_ratio", "model_patience"):
         assert any(p.startswith(name + " must be") for p in found), name
-    with pytest.raises(ValueError, match=r"FitConfig: 16 invalid") as err:
+    with pytest.raises(ValueError, match=r"FitConfig: 17 invalid") as err:
         bad.validate()
     assert "model_batch_size must be an integer >= 1, got 2.5" in str(err.value)
     assert "model_lr must be a number > 0, got 'abc' (str)" in str(err.value)
@@ -431,6 +432,21 @@ def test_row_ids_hold_out_the_same_rows_in_every_fit():
     assert set(capped.holdout_indices) == set(sorted(held2)[-50:])
     with pytest.raises(ValueError, match="row_ids must be 3000 integers"):
         fit_ensemble(ens, obs, act, nxt, cfg, row_ids=np.arange(10))
+
+
+def test_per_fit_holdout_split_ignores_row_ids():
+    """``model_holdout_split='per_fit'`` (mbrl-lib's and the MBPO reference's rule): a fresh
+    random split every fit even with row ids, the same as the split without them."""
+    obs, act, nxt = linear_system(3000)
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=1, model_holdout_split="per_fit")
+    ens = make()
+    ids = np.arange(3000)
+    first, _ = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen(0), row_ids=ids)
+    second, _ = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen(1), row_ids=ids)
+    unsplit, _ = fit_ensemble(make(), obs, act, nxt, cfg, generator=gen(1))
+    assert len(first.holdout_indices) == len(second.holdout_indices) == 600
+    assert set(first.holdout_indices) != set(second.holdout_indices)
+    np.testing.assert_array_equal(second.holdout_indices, unsplit.holdout_indices)
 
 
 def test_non_finite_inputs_raise_and_leave_weights_unchanged():

@@ -116,8 +116,9 @@ META_SETTINGS = ("num_tasks", "inner_lr", "num_inner_steps", "first_order", "gae
                  "outer_optimizer", "max_kl", "cg_iters", "cg_damping", "hvp_method",
                  "hvp_subsample", "ppo_clip", "ppo_epochs", "ppo_lr")
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_max_epochs", "model_patience",
-                "model_holdout_ratio", "model_max_holdout", "model_fit_steps",
-                "model_check_steps", "model_new_data_fraction", "model_val_space")
+                "model_holdout_ratio", "model_max_holdout", "model_holdout_split",
+                "model_fit_steps", "model_check_steps", "model_new_data_fraction",
+                "model_val_space")
 
 
 def setting_docs() -> dict[str, str]:
@@ -172,6 +173,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         self.model_patience: int = 5
         self.model_holdout_ratio: float = 0.2
         self.model_max_holdout: int = 5000
+        self.model_holdout_split: str = "fixed"
         # 0: the paper's epochs over all data; a budget keeps the fit flat (issue 12)
         self.model_fit_steps: int = 0
         self.model_check_steps: int = 50
@@ -243,6 +245,7 @@ class MBMPOConfig(ModelEnvConfigMixin, AlgorithmConfig):
         model_patience: int = NotProvided,
         model_holdout_ratio: float = NotProvided,
         model_max_holdout: int = NotProvided,
+        model_holdout_split: str = NotProvided,
         model_fit_steps: int = NotProvided,
         model_check_steps: int = NotProvided,
         model_new_data_fraction: float = NotProvided,

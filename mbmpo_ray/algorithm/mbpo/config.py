@@ -91,8 +91,9 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
 }
 FIT_SETTINGS = ("model_batch_size", "model_lr", "model_weight_decay", "model_max_epochs",
                 "model_patience", "model_holdout_ratio", "model_max_holdout",
-                "model_improvement_threshold", "model_fit_steps", "model_check_steps",
-                "model_new_data_fraction", "model_val_space", "model_precision")
+                "model_holdout_split", "model_improvement_threshold", "model_fit_steps",
+                "model_check_steps", "model_new_data_fraction", "model_val_space",
+                "model_precision")
 # RLlib's SAC settings MBPO uses, with what they accept here
 SAC_SETTINGS: dict[str, tuple[Rule, str]] = {
     "actor_lr": (Rule(float, low=0, open_low=True), "Adam lr of the policy (MBPO: 3e-4; "
@@ -179,6 +180,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         self.model_patience: int = 5
         self.model_holdout_ratio: float = 0.2
         self.model_max_holdout: int = 5000
+        self.model_holdout_split: str = "fixed"
         self.model_improvement_threshold: float = 0.01
         # 0: the paper's epochs over all data; a budget keeps the fit flat (issue 12)
         self.model_fit_steps: int = 0
@@ -252,6 +254,7 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
         model_patience: int = NotProvided,
         model_holdout_ratio: float = NotProvided,
         model_max_holdout: int = NotProvided,
+        model_holdout_split: str = NotProvided,
         model_improvement_threshold: float = NotProvided,
         model_fit_steps: int = NotProvided,
         model_check_steps: int = NotProvided,
