@@ -203,6 +203,8 @@ def main() -> int:
     p.add_argument("--storage", default=str(REPO_ROOT / "runs" / "tune"))
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--check", action="store_true",
+                   help="only say whether every trial is in the CSVs already (exit 0) or not (1)")
     args = p.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
     import tune_configs.sweeps as sweeps
@@ -210,6 +212,8 @@ def main() -> int:
     unknown = [s for s in args.sweeps if s not in sweeps.SWEEPS]
     if unknown:
         p.error(f"unknown sweep(s) {unknown}; known: {sorted(sweeps.SWEEPS)}")
+    if args.check:
+        return 0 if all(finished(name) for name in args.sweeps) else 1
     status = 0
     for name in args.sweeps:
         if args.run and finished(name):

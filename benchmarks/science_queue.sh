@@ -10,7 +10,7 @@
 # the queue stops there: no run is left half done when a session or a machine loan ends.
 #
 # Each step writes its CSVs under benchmarks/results/ (commit them as they grow) and its
-# BENCHMARKS.md section when it ends. On two cores what is left takes about 10 hours.
+# BENCHMARKS.md section when it ends. On two cores what is left takes about 9 hours.
 # Run nothing else CPU-heavy beside it: the runs' wall-clock figures would stretch.
 set -u
 cd "$(dirname "$0")/.."
@@ -41,22 +41,33 @@ last_steps() {
     awk -F, 'NR > 1 && !/^#/ { s = $1 } END { print s }' "$csv"
 }
 
+sweep_part() {  # sweep_part NAME EXPECTED_MINUTES
+    if "$PY" benchmarks/exp_sweeps.py "$1" --check; then
+        echo "=== $1: every trial is in its CSVs, skipped"
+        return
+    fi
+    step "$2" benchmarks/exp_sweeps.py "$1" --run
+}
+
 efficiency=benchmarks/exp_sample_efficiency.py
 
-# issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~5 h), in parts
-# (a fresh machine keeps no Tune state; a part whose trials are all in the committed CSVs is
-# skipped): b_max = 0 (4 trials, ~100 min), then one seed of one b_max per part (~50 min)
-step 100 benchmarks/exp_sweeps.py model_bias_b0 --run
+# issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~3.5 h on an idle
+# machine), in parts (a fresh machine keeps no Tune state; a part whose trials are all in the
+# committed CSVs is skipped): b_max = 0 (4 trials, one at a time), then one seed of one b_max
+# per part (2 trials, ~35 min)
+sweep_part model_bias_b0 75
 for part in b0.5_seed0 b0.5_seed1 b1_seed0 b1_seed1; do
-    step 50 benchmarks/exp_sweeps.py model_bias_$part --run
+    sweep_part model_bias_$part 40
 done
 
 # issue 11: MBPO (two hours at most) and SAC at MBPO's real steps, horizon 1000
 for env in halfcheetah_h1000 hopper_h1000; do
-    step 125 $efficiency --env $env --methods mbpo --seeds 0 --max-minutes 120 \
-        --checkpoint-s 300
+    [ -n "$(last_steps "${env}_mbpo_seed0")" ] ||
+        step 125 $efficiency --env $env --methods mbpo --seeds 0 --max-minutes 120 \
+            --checkpoint-s 300
     steps=$(last_steps "${env}_mbpo_seed0")
     [ -n "$steps" ] || { echo "=== ${env}_mbpo_seed0 unfinished: stop"; exit 1; }
-    step 90 $efficiency --env $env --methods sac --seeds 0 --budget "$steps" \
-        --checkpoint-s 300
+    [ -n "$(last_steps "${env}_sac_seed0")" ] ||
+        step 90 $efficiency --env $env --methods sac --seeds 0 --budget "$steps" \
+            --checkpoint-s 300
 done
