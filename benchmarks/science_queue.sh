@@ -51,13 +51,13 @@ sweep_part() {  # sweep_part NAME EXPECTED_MINUTES
 
 efficiency=benchmarks/exp_sample_efficiency.py
 
-# issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~3.5 h on an idle
+# issue 13, claim 2: HalfCheetah model bias, MB-MPO vs alpha = 0 (12 trials, ~2.5 h on an idle
 # machine), in parts (a fresh machine keeps no Tune state; a part whose trials are all in the
 # committed CSVs is skipped): b_max = 0 (4 trials, one at a time), then one seed of one b_max
-# per part (2 trials, ~35 min)
+# per part (2 trials, ~25 min)
 sweep_part model_bias_b0 75
 for part in b0.5_seed0 b0.5_seed1 b1_seed0 b1_seed1; do
-    sweep_part model_bias_$part 40
+    sweep_part model_bias_$part 30
 done
 
 # issue 11: MBPO (two hours at most) and SAC at MBPO's real steps, horizon 1000
