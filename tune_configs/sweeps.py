@@ -84,7 +84,8 @@ MODEL_BIAS = dict(
 # ... and the same 12 trials in parts that each fit in a session on a machine that keeps no
 # Tune state between sessions: each part writes its CSVs beside the others' (``report_as``),
 # and ``exp_sweeps.py`` reports them together as ``model_bias``. b_max = 0 ran as one part of
-# 4 trials (one at a time, ~12 min each on an idle AVX512-BF16 EPYC, ~25 min on the AVX2 one);
+# 4 trials (one at a time, ~12 min each on an idle AVX512-BF16 EPYC; ~20 min expected on the
+# AVX2 one, from FAST's ~150 s per iteration there);
 # the others run one seed per part (2 trials)
 MODEL_BIAS_PARTS = {
     "model_bias_b0": dict(MODEL_BIAS, grid=_bias_grid((0.0,)), report_as="model_bias"),
