@@ -128,8 +128,9 @@ def _sort_key(label: str):
 
 
 def report(sweep_name: str, paths: list[Path], iterations: int, key: str,
-           parts: list[str] = ()) -> str | None:
-    """The BENCHMARKS.md section of a sweep (``parts``: the sweeps it is also run as)."""
+           parts: list[str] = (), seeds: int = 0) -> str | None:
+    """The BENCHMARKS.md section of a sweep (``parts``: the sweeps it is also run as; ``seeds``:
+    the trials planned per setting, for "trials done", at least the CSVs found)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +148,7 @@ def report(sweep_name: str, paths: list[Path], iterations: int, key: str,
         final = [float(np.nanmean(r[-2:, 1])) for r in done]
         finals[v] = final
         mins = [r[-1, 2] / 60 for r in done]
-        table.append([v, f"{len(done)}/{len(runs[v])}",
+        table.append([v, f"{len(done)}/{max(len(runs[v]), seeds)}",
                       f"{np.mean(final):.1f}" if final else "-",
                       f"{np.std(final):.1f}" if len(final) > 1 else "-",
                       f"{min(final):.1f} .. {max(final):.1f}" if final else "-",
@@ -208,6 +209,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
     import tune_configs.sweeps as sweeps
+    from mbmpo_ray.tuning import sweep_seeds
 
     unknown = [s for s in args.sweeps if s not in sweeps.SWEEPS]
     if unknown:
@@ -224,7 +226,8 @@ def main() -> int:
         (key, _), = sweep["grid"].items()
         whole = sweep.get("report_as", name)
         parts = [n for n, s in sweeps.SWEEPS.items() if s.get("report_as") == whole]
-        body = report(whole, export(name, Path(args.storage)), sweep["iterations"], key, parts)
+        body = report(whole, export(name, Path(args.storage)), sweep["iterations"], key, parts,
+                      seeds=len(sweep_seeds(sweeps.SWEEPS.get(whole, sweep))))
         if body is None:
             print(f"{name}: no trials yet")
             continue

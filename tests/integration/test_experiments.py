@@ -119,8 +119,9 @@ def test_sweep_parts_report_together(tmp_path, monkeypatch):
                                       "inner_lr=0.001,model_bias_max=0.0_seed0.csv"]
     assert len(both) == 4 and all(p.parent.name == "model_bias" for p in both)
     body = exp_sweeps.report("model_bias", both, 8, "mbmpo_point",
-                             ["model_bias_b0", "model_bias_b0.5_seed0"])
+                             ["model_bias_b0", "model_bias_b0.5_seed0"], seeds=2)
     assert "model_bias_max=0.5" in body and "`model_bias_b0.5_seed0`" in body
+    assert "| 1/2 " in body  # one of the whole's two seeds per setting so far
     assert (tmp_path / "results" / "model_bias.png").exists()
     # a part counts as finished (``--run`` skips it) once every point x seed has all its rows
     assert not exp_sweeps.finished("model_bias_b0")  # seed 1 missing
