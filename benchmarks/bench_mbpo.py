@@ -3,7 +3,8 @@
 Both sides run mbrl-lib's HalfCheetah settings (``conf/overrides/mbpo_halfcheetah.yaml``, see
 ``benchmarks/peers/mbrl_mbpo_timing.py``): 5,000 initial steps, a refit every 250 real steps
 (7 x 4 x 200 SiLU Gaussian members, 5 elites, batch 256, lr 1e-3, weight decay 1e-5, holdout
-0.2, early stopping with patience 5 on the raw-delta validation MSE and no epoch cap),
+0.2 split afresh at every refit, early stopping with patience 5 on the raw-delta validation MSE
+and no epoch cap),
 400 x 250 branched rollouts of k = 1 per refit, one epoch of model data kept, G = 10 SAC
 updates per real step on batches of 256 model rows (``real_data_ratio`` 0), SAC 512 x 512, lr
 3e-4, tau 0.005, target entropy -1.
