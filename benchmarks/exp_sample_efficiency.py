@@ -356,7 +356,7 @@ def report_env(env_name: str) -> str | None:
     body = [f"Env {env_id}; steps to a threshold: mean over the seeds that reached it "
             "(reached/total); returns mean ± std over seeds.", "",
             markdown_table(headers, rows), "", *ratio_lines, "",
-            f"![{env_id}](results/sample_efficiency/{png.name})"]
+            f"![{env_id}](benchmarks/results/sample_efficiency/{png.name})"]
     return "\n".join(body)
 
 
