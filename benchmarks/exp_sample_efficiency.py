@@ -98,11 +98,15 @@ def build_mbmpo(env_name: str, seed: int, **overrides):
 
 
 def build_mbpo(env_name: str, seed: int):
-    """MBPO at its env config's DEFAULT variant (the reference code's settings)."""
+    """MBPO at its env config's DEFAULT variant (the reference code's settings), with
+    ``sac_precision='auto'``: bf16 SAC updates where this CPU runs bf16 matmuls fast (1.7x
+    per update at 256 x 256 on an AVX512-BF16 EPYC, 2026-11-24), so the two-hour run gets
+    further; float32 elsewhere."""
     import tune_configs
 
     return tune_configs.load_config(CONFIG_OF.get(env_name, env_name), "default", algo="mbpo",
-                                    seed=seed, horizon=ENVS[env_name][1]).build_algo()
+                                    seed=seed, horizon=ENVS[env_name][1],
+                                    sac_precision="auto").build_algo()
 
 
 def variant_name(overrides: dict) -> str:
