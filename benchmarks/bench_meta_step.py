@@ -557,7 +557,8 @@ def whatif_text(s: Setup, args, records, what_if, malloc) -> str:
                      f"{med_ms - C.median(cur) + C.median(t):.2f}"])
     bf = [w["fp32_imagine"] / w["bf16_imagine"] for w in what_if]
     im = C.median([sum(r["split"][k] for k in IMAGINATION) for r in records])
-    label = ("imagination under bf16 autocast (fast bf16 here), pre and post" if bf16_is_fast("cpu") else
+    label = ("imagination under bf16 autocast (fast bf16 here), pre and post"
+             if bf16_is_fast("cpu") else
              "imagination under bf16 autocast (no fast bf16 here: H/10 steps, scaled)")
     rows.append([label,
                  f"{C.median([w['bf16_imagine'] for w in what_if]):.2f} per call",
