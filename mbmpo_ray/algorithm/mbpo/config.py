@@ -144,8 +144,9 @@ class MBPOConfig(ModelEnvConfigMixin, SACConfig):
     5 elites, model batch 256, holdout 0.2 (max 5,000), patience 5; 400 rollouts per real step,
     k = 1, one epoch of model data retained; SAC 256 x 256 ReLU, batch 256 with 5% real rows,
     G = 20 updates per step, lr 3e-4 for actor, critics and alpha, tau 0.005 after every
-    gradient step, automatic entropy tuning to -|A|, gamma 0.99. Per-env values (G, k
-    schedule, ...) are in ``tune_configs/mbpo_*.py``.
+    gradient step, automatic entropy tuning (to RLlib's 'auto', -|A|; the reference sets a
+    target per env, e.g. -|A| / 2 on HalfCheetah), gamma 0.99. Per-env values (G, k schedule,
+    target entropy, ...) are in ``tune_configs/mbpo_*.py``.
 
     Where this differs from the reference: RLlib's SAC loss uses a Huber critic loss (the
     reference: MSE) and initial alpha 1.0 (as the reference); the real env is stepped in blocks
