@@ -319,8 +319,9 @@ def test_derived_settings():
     assert cfg.model_buffer_capacity(1) == 400_000  # 400 x 250 rollouts x 4 refits per epoch
     hopper = tune_configs.load_config("hopper", "paper", algo="mbpo")
     assert hopper.rollout_length(5000) == 1  # random steps come before epoch 0
-    assert hopper.rollout_length(5000 + 60_000) == 8  # epoch 60 of the ramp 20 -> 100
+    assert hopper.rollout_length(5000 + 85_000) == 8  # epoch 85: halfway up the ramp 20 -> 150
     assert hopper.rollout_length(10**6) == 15
+    assert hopper.target_entropy == -1.0  # the reference's, not RLlib's 'auto' (-|A| = -3)
 
 
 @pytest.mark.parametrize("name", sorted(tune_configs.ENV_CONFIGS))
