@@ -60,14 +60,17 @@ for part in b0.5_seed0 b0.5_seed1 b1_seed0 b1_seed1; do
     sweep_part model_bias_$part 30
 done
 
-# issue 11: MBPO (two hours at most), then SAC at MBPO's real steps, horizon 1000. The two envs
+# issue 11: MBPO (MBPO_MINUTES of wall-clock, two hours by default: the issue's cap; less where a
+# session has less left), then SAC at MBPO's real steps, horizon 1000. The two envs
 # run side by side, one per core: MBPO's Learner (and with it the fit and the rollouts) runs one
 # torch thread by default, and SAC gets OMP_NUM_THREADS=1 here; two MBPO runs side by side
 # changed neither's seconds per iteration (2026-11-24).
+mbpo_minutes=${MBPO_MINUTES:-120}
 env_runs() {  # env_runs ENV: its MBPO run, then its SAC run
     local env=$1 steps
     [ -n "$(last_steps "${env}_mbpo_seed0")" ] ||
-        step 125 $efficiency --env "$env" --methods mbpo --seeds 0 --max-minutes 120 \
+        step $((mbpo_minutes + 5)) $efficiency --env "$env" --methods mbpo --seeds 0 \
+            --max-minutes "$mbpo_minutes" \
             --checkpoint-s 300
     steps=$(last_steps "${env}_mbpo_seed0")
     [ -n "$steps" ] || { echo "=== ${env}_mbpo_seed0 unfinished: stop"; return 1; }
