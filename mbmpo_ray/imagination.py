@@ -21,8 +21,6 @@ module): the policy is duck-typed.
 from __future__ import annotations
 
 import functools
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
@@ -104,26 +102,16 @@ class AutocastDynamics:
 
 @functools.cache
 def bf16_is_fast(device_type: str = "cpu") -> bool:
-    """Whether bfloat16 matmuls are clearly faster than float32 here (AMX CPUs, recent GPUs):
-    a GPU that supports bf16, or on CPU a ~50 ms probe of batched matmuls (bf16 in at most
-    0.7x the float32 time; CPUs without bf16 units emulate it, 10-70x slower)."""
+    """Whether bfloat16 matmuls are clearly faster than float32 here: a GPU that supports
+    bf16, or a CPU with bf16 dot-product units (AVX512-BF16 or AMX; 1.7x per SAC update on an
+    AVX512-BF16 EPYC, 2026-11-24). Other CPUs emulate bf16, 10-70x slower. Read from the CPU's
+    feature flags, not timed: a timing probe of small matmuls sat near its threshold on a busy
+    machine (0.63x against 0.7x on 2026-12-06) and could choose either dtype."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type != "cpu":
         return False
-
-    def best_time(dtype: torch.dtype) -> float:
-        a = torch.randn(2, 128, 128).to(dtype)
-        torch.bmm(a, a)  # warm-up
-        best = math.inf
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(3):
-                torch.bmm(a, a)
-            best = min(best, time.perf_counter() - t0)
-        return best
-
-    return best_time(torch.bfloat16) <= 0.7 * best_time(torch.float32)
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def autocast_dtype(precision: str, device_type: str = "cpu") -> torch.dtype | None:

@@ -60,8 +60,8 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "model_bias_std": (Rule(float, low=0), "noise std of the model-bias experiment"),
     "imagination_precision": (Rule(str, choices=("float32", "bfloat16", "auto")),
                               "dtype of the model in imagination: bfloat16 autocast, or 'auto' "
-                              "= bfloat16 only where a probe finds bf16 matmuls fast (AMX "
-                              "CPUs, GPUs), else float32"),
+                              "= bfloat16 only where bf16 matmuls are fast (CPUs with "
+                              "AVX512-BF16 or AMX, GPUs), else float32"),
     "deterministic_model_rollouts": (Rule(bool), "imagine with the mean prediction of each "
                                      "member"),
     "imagine_from": (Rule(str, choices=("reset", "buffer")),

@@ -78,7 +78,7 @@ SETTINGS: dict[str, tuple[Rule, str]] = {
     "sac_precision": (Rule(str, choices=("float32", "bfloat16", "auto")),
                       "dtype of the SAC updates' matmuls: bfloat16 autocast of the hidden "
                       "layers (weights, output layers, losses, Adam and targets stay float32), "
-                      "or 'auto' = bfloat16 where a probe finds bf16 matmuls fast (CPUs with "
+                      "or 'auto' = bfloat16 where bf16 matmuls are fast (CPUs with "
                       "AVX512-BF16 or AMX, GPUs), else float32"),
     "sac_cuda_graph": (Rule(bool), "on a GPU Learner, replay the SAC update (forward, loss, "
                        "backward, Adam, Polyak) as one captured CUDA graph (experimental: not "
