@@ -4,9 +4,11 @@ the model-trainer actors."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium as gym
+from ray._common.deprecation import DEPRECATED_VALUE
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
@@ -35,6 +37,22 @@ class ModelEnvConfigMixin:
         if point:
             self.mbmpo_point = dict(point)
         return self
+
+    def get_state(self) -> dict[str, Any]:
+        """RLlib's ``get_state``, with the settings it wrongly leaves out put back.
+
+        RLlib drops every attribute equal to ``DEPRECATED_VALUE`` (-1), its placeholder for
+        retired settings, and ``build_algo()`` and checkpoint restores rebuild the config from
+        this state: a real setting of -1 (Hopper's reference ``target_entropy=-1.0``) silently
+        fell back to its default ('auto', -3 there). Only the attributes whose default is that
+        placeholder stay out."""
+        state = super().get_state()
+        placeholders = _placeholder_names(type(self))
+        for name, value in self.__dict__.items():
+            if (name not in state and name not in placeholders
+                    and name not in ("algo_class", "_is_frozen")):
+                state[name] = value
+        return state
 
     @property
     def model_env_id(self) -> str | None:
@@ -86,6 +104,13 @@ class ModelEnvConfigMixin:
         except UnsupportedEnvError as e:
             return [f"{algo_name} needs model reward/termination functions: {e}"]
         return []
+
+
+@functools.cache
+def _placeholder_names(config_cls: type) -> frozenset[str]:
+    """Attributes of a fresh ``config_cls()`` that hold RLlib's ``DEPRECATED_VALUE``."""
+    return frozenset(name for name, value in config_cls().__dict__.items()
+                     if isinstance(value, int) and value == DEPRECATED_VALUE)
 
 
 class ModelBasedAlgorithmMixin:

@@ -215,8 +215,11 @@ def test_bfloat16_sac_updates_keep_outputs_and_gradients_float32():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    algo = tiny().build_algo()
+    # target_entropy -1: RLlib's config state drops every value equal to its deprecation
+    # placeholder (-1), so build_algo() and restores lost it (Hopper's reference value)
+    algo = tiny(target_entropy=-1.0).build_algo()
     try:
+        assert algo.config.target_entropy == -1.0
         algo.train()
         algo.save_to_path(str(tmp_path))
         restored = MBPO.from_checkpoint(str(tmp_path))
@@ -243,6 +246,7 @@ def test_checkpoint_round_trip(tmp_path):
             assert_nested_equal(a.model_buffer_state(), b.model_buffer_state())
             assert len(b._real) == len(restored.buffer)  # the Learner's copy of real data
             assert restored.mbpo_counters == algo.mbpo_counters
+            assert restored.config.target_entropy == -1.0
             assert restored.iteration == algo.iteration == 1
             # the restored run continues
             r1, r2 = algo.train(), restored.train()
@@ -322,6 +326,8 @@ def test_derived_settings():
     assert hopper.rollout_length(5000 + 85_000) == 8  # epoch 85: halfway up the ramp 20 -> 150
     assert hopper.rollout_length(10**6) == 15
     assert hopper.target_entropy == -1.0  # the reference's, not RLlib's 'auto' (-|A| = -3)
+    # ... and it survives the config state that build_algo() and restores rebuild it from
+    assert MBPOConfig.from_state(hopper.get_state()).target_entropy == -1.0
 
 
 @pytest.mark.parametrize("name", sorted(tune_configs.ENV_CONFIGS))
