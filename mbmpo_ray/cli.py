@@ -132,7 +132,7 @@ def _init_ray(address: str | None, verbose: bool = False) -> None:
     """Local Ray (no dashboard) or a connection to ``address``; quiet unless ``verbose``."""
     import ray
 
-    from mbmpo_ray.progress import quiet_ray
+    from mbmpo_ray.reporting import quiet_ray
 
     if ray.is_initialized():
         return
@@ -273,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume_from is not None and (why := _finished(resume_from, stop, args.iterations)):
         print(f"{out} is finished ({why}); raise --iterations or --stop-timesteps to go on")
         return 0
-    from mbmpo_ray.progress import TrainingReporter, run_banner
+    from mbmpo_ray.reporting import TrainingReporter, run_banner
 
     algo_name = _algo(args)
     title = f"{'MBPO' if algo_name == 'mbpo' else 'MB-MPO'} on {config.model_env_id}"
@@ -445,12 +445,13 @@ def _spread(returns: list[float]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot learning curves of one or more run directories into one PNG."""
-    from mbmpo_ray.plotting import plot_runs
+    """Plot learning curves of one or more run directories (``train`` runs or Tune trials,
+    of either algorithm) into one PNG; a malformed progress.csv is refused with one line."""
+    from mbmpo_ray.reporting import plot_runs
 
     try:
         png = plot_runs(args.runs, args.out)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
         raise CLIError(str(e)) from None
     n = len(args.runs)
     print(f"learning curve{'s' if n > 1 else ''} of {n} run{'s' if n > 1 else ''}: {png}")
@@ -645,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from mbmpo_ray.progress import quiet_ray
+    from mbmpo_ray.reporting import quiet_ray
 
     quiet_ray(getattr(args, "verbose", False))  # before any config or Ray call logs
     try:

@@ -206,7 +206,7 @@ def test_results_pass_rllibs_checker_and_carry_the_documented_keys():
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, LEARNER_RESULTS
     from ray.rllib.utils.test_utils import check_train_results_new_api_stack
 
-    from mbmpo_ray.progress import LEARNER_RESULTS as OUR_LEARNER_RESULTS
+    from mbmpo_ray.reporting import LEARNER_RESULTS as OUR_LEARNER_RESULTS
 
     assert OUR_LEARNER_RESULTS == (LEARNER_RESULTS, DEFAULT_MODULE_ID)
     algo = tiny().build_algo()
