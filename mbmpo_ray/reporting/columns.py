@@ -245,7 +245,7 @@ MBPO_COLUMNS = ColumnSet(
         _TIME_SAMPLE, _TIME_FIT,
         _c("time_rollouts", "timers/model_rollouts", "seconds: model rollouts"),
         _c("time_sac", "timers/sac_updates", "seconds: SAC updates"),
-        _c("time_sync", "timers/sync_weights",
+        _c("time_sync", ("timers/sync_weights", "timers/synch_weights"),
            "seconds: sending the policy weights to the env runners"),
         _TIME_EVAL, _TIME_ITER,
     ),

@@ -396,6 +396,10 @@ def test_mbpo_progress_csv_has_its_own_numbers_and_no_empty_mbmpo_columns(tmp_pa
     assert r["model_val_loss"] == "0.02" and r["eval_len"] == "1000"
     # every column is measured in a full iteration: none is empty by design
     assert all(v != "" for k, v in r.items() if k != "return_random"), r
+    # RLlib's name of the weight-sync timer (SYNCH_WORKER_WEIGHTS_TIMER) is read as well
+    res = mbpo_result(2)
+    res["timers"]["synch_weights"] = res["timers"].pop("sync_weights")
+    assert row_from_result(res, algo="mbpo")["time_sync"] == 0.1
 
 
 def test_every_display_field_reads_a_column_of_its_algorithm():
