@@ -153,6 +153,53 @@ def update_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD)
     path.write_text(text)
 
 
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+_RUN_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})(?P<rest>.*?)(?:-(?P<n>\d+))?$")
+
+
+def _run_order(d: Path) -> tuple[str, str, int]:
+    m = _RUN_NAME.match(d.name)
+    return (m["date"], m["rest"], int(m["n"] or 1)) if m else (d.name, "", 0)
+
+
+def run_dirs(script: str, tag: str = "") -> list[Path]:
+    """The run folders of ``script`` named with ``tag`` (see :func:`new_run_dir`), oldest
+    first."""
+    suffix = re.escape(f"-{tag}" if tag else "")
+    name = re.compile(rf"^\d{{4}}-\d{{2}}-\d{{2}}{suffix}(?:-\d+)?$")
+    base = RESULTS / script
+    found = [d for d in base.iterdir() if d.is_dir() and name.match(d.name)] \
+        if base.is_dir() else []
+    return sorted(found, key=_run_order)
+
+
+def all_run_dirs(script: str) -> list[Path]:
+    """Every run folder of ``script`` (any tag), oldest first."""
+    base = RESULTS / script
+    found = [d for d in base.iterdir() if d.is_dir() and _RUN_NAME.match(d.name)] \
+        if base.is_dir() else []
+    return sorted(found, key=_run_order)
+
+
+def new_run_dir(script: str, tag: str = "",
+                taken: Callable[[Path], bool] = lambda d: d.exists()) -> Path:
+    """``benchmarks/results/<script>/<YYYY-MM-DD>[-<tag>]/`` (UTC date): where one run of
+    ``script`` keeps its results, instead of ``_v2``/``_v3`` file names. A folder that is
+    ``taken`` (by default: it exists) gets ``-2``, ``-3``, ... so one day's runs stay apart.
+    Not created."""
+    base = f"{utc_date()}-{tag}" if tag else utc_date()
+    d, n = RESULTS / script / base, 2
+    while taken(d):
+        d, n = RESULTS / script / f"{base}-{n}", n + 1
+    return d
+
+
+def results_link(path: Path) -> str:
+    """``path`` as BENCHMARKS.md links it (relative to the repo root; absolute outside it)."""
+    path = path.resolve()
+    return (path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path).as_posix()
+
+
 # ----------------------------------------------------------------------------------- data
 def collect_halfcheetah(num_episodes: int, horizon: int = 200, seed: int = 0) -> dict:
     """Real ``HalfCheetah-v5`` transitions (uniform random actions) from ``make_env``.

@@ -3,20 +3,22 @@
 Runs the algorithm through ``MBMPO.train()`` and records, per iteration, seconds per phase
 (real sampling, model fitting, meta update split into imagination / optimisation, weight sync,
 evaluation), the real-env return of the pre-update and of the adapted policies, and the real
-steps so far. Writes ``benchmarks/results/iteration_<env>.csv``, a PNG of the return curve and
-the phase times, and a section of BENCHMARKS.md. Ratios in the same run: each phase's share of
-the iteration time.
+steps so far. Each run keeps its results in its own dated folder,
+``benchmarks/results/bench_iteration/<YYYY-MM-DD>[-<tag>]/`` (UTC; a second run of the day gets
+``-2``, ``-3``, ...): ``iteration_<env>.csv``, a PNG of the return curve and the phase times, and
+its section of BENCHMARKS.md (``iteration-<env>-<folder>``). Ratios in the same run: each phase's
+share of the iteration time.
 
     .venv/bin/python benchmarks/bench_iteration.py --iterations 3            # profile
     .venv/bin/python benchmarks/bench_iteration.py --stop-timesteps 100000  # learning curve
     .venv/bin/python benchmarks/bench_iteration.py --compare                # curves of all runs
 
-The run recorded in BENCHMARKS.md as v3 (one model trainer per member, so a member that stops
-early frees its share of the two cores):
+The run recorded in BENCHMARKS.md as v3, kept in ``bench_iteration/2026-11-22-3/`` (one model
+trainer per member, so a member that stops early frees its share of the two cores):
 
     .venv/bin/python benchmarks/bench_iteration.py --stop-timesteps 100000 \
         --num-model-trainers 5 --set num_cpus_per_model_trainer=0.4 \
-        --set learner_torch_threads=2 --set eval_episodes_per_iter=10 --tag v3
+        --set learner_torch_threads=2 --set eval_episodes_per_iter=10
 
 Targets (issue 4): a paper-size iteration (30 meta steps) under 180 s on this 2-core machine
 (legacy RLlib: 350-440 s on 20 workers + 1 GPU), and return >= 520 at 100,000 real steps.
@@ -35,12 +37,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO_ROOT,
+    RESULTS,
+    all_run_dirs,
     header_lines,
     load_average,
     markdown_table,
+    new_run_dir,
+    results_link,
+    run_dirs,
     update_section,
+    utc_date,
 )
+
+SCRIPT = "bench_iteration"  # results/<SCRIPT>/<run folder>/
 
 PHASES = ["sample_real", "fit_models", "meta_update", "synch_weights", "evaluate_real"]
 PLASTICITY = ["plasticity_kl_mean", "plasticity_disagreement_mean", "plasticity_rank_corr",
@@ -59,13 +68,16 @@ def main() -> int:
     p.add_argument("--gpu", action="store_true", help="the meta-learner on a GPU "
                    "(num_gpus_per_learner=1, local Learner)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    p.add_argument("--tag", default="", help="suffix of the output files and section (keeps "
-                   "earlier runs' results side by side)")
+    p.add_argument("--tag", default="", help="a name for the run, added to its dated folder "
+                   "(results/bench_iteration/<date>-<tag>/); runs of one day stay apart "
+                   "without it")
     p.add_argument("--compare", action="store_true", help="only plot the return curves of every "
-                   "earlier run of --env (results/iteration_<env>*.csv) into one PNG")
-    p.add_argument("--resume", action="store_true", help="continue the run of the same --tag "
-                   "from its last per-iteration checkpoint (results/checkpoints/<stem>); the "
-                   "report then says where it was resumed")
+                   "earlier run of --env (results/bench_iteration/*/iteration_<env>.csv) into "
+                   "one PNG in today's folder")
+    p.add_argument("--resume", action="store_true", help="continue the newest run of --env with "
+                   "the same --tag from its last per-iteration checkpoint "
+                   "(results/checkpoints/iteration_<env>_<folder>); the report then says where "
+                   "it was resumed")
     args = p.parse_args()
     if args.compare:
         print(compare(args.env))
@@ -89,10 +101,11 @@ def main() -> int:
     ray.init(include_dashboard=False, log_to_driver=False)
     algo = config.build_algo()
     config = algo.config  # validated (knows its env id)
-    out_dir = REPO_ROOT / "benchmarks" / "results"
+    stem = f"iteration_{config.model_env_id}"
+    out_dir = run_dir(stem, args.tag, args.resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"iteration_{config.model_env_id}" + (f"_{args.tag}" if args.tag else "")
-    ckpt_dir = out_dir / "checkpoints" / stem  # git-ignored
+    ckpt_dir = RESULTS / "checkpoints" / f"{stem}_{out_dir.name}"  # git-ignored
+    print(f"results in {results_link(out_dir)}/", flush=True)
     rows = []
     pending_resume = args.resume
     if args.resume:
@@ -149,6 +162,18 @@ def main() -> int:
         return 1
     print(report(rows, args, config, overrides, load_before, out_dir, stem))
     return 0
+
+
+def run_dir(stem: str, tag: str, resume: bool) -> Path:
+    """The run's folder: a new dated one, or (``resume``) the newest holding ``<stem>.csv``
+    with the same ``tag``."""
+    if not resume:
+        return new_run_dir(SCRIPT, tag, taken=lambda d: (d / f"{stem}.csv").exists())
+    runs = [d for d in run_dirs(SCRIPT, tag) if (d / f"{stem}.csv").exists()]
+    if not runs:
+        raise SystemExit(f"--resume: no run of {stem} (tag {tag!r}) in "
+                         f"{results_link(RESULTS / SCRIPT)}/; start it without --resume")
+    return runs[-1]
 
 
 def resume(algo, ckpt_dir: Path, csv_path: Path) -> list[dict]:
@@ -231,18 +256,18 @@ def report(rows, args, config, overrides, load_before, out_dir: Path, stem: str)
         + (f"; at {at_100k['real_steps']:,}: {at_100k['return_pre']:.1f} (target >= 500: "
            f"**{'met' if at_100k['return_pre'] >= 500 else 'not met'}**)." if at_100k else "."),
         "",
-        f"![learning curve and phase times](benchmarks/results/{png.name})",
+        f"![learning curve and phase times]({results_link(png)})",
     ])
     if not args.no_write:
         title = f"Per-iteration profile: {config.model_env_id}, paper settings"
-        update_section(stem.replace("_", "-"), title + (f" ({args.tag})" if args.tag else ""),
-                       body)
+        update_section(f"{stem.replace('_', '-')}-{out_dir.name}",
+                       f"{title} ({out_dir.name})", body)
     return body
 
 
 def compare(env: str) -> Path:
-    """``iteration_<env id>_compare.png``: pre-update and adapted real returns of every saved
-    run of ``env`` (one CSV per ``--tag``) against real steps."""
+    """``iteration_<env id>_compare.png`` in today's folder: pre-update and adapted real
+    returns of every saved run of ``env`` (one per run folder) against real steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,15 +276,16 @@ def compare(env: str) -> Path:
     import tune_configs
 
     env_id, _ = tune_configs.training_settings(env, "paper")
-    out_dir = REPO_ROOT / "benchmarks" / "results"
-    paths = sorted(p for p in out_dir.glob(f"iteration_{env_id}*.csv"))
+    paths = [d / f"iteration_{env_id}.csv" for d in all_run_dirs(SCRIPT)
+             if (d / f"iteration_{env_id}.csv").exists()]
     if not paths:
-        raise SystemExit(f"no results/iteration_{env_id}*.csv yet; run this script first")
+        raise SystemExit(f"no {results_link(RESULTS / SCRIPT)}/*/iteration_{env_id}.csv yet; "
+                         "run this script first")
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for path in paths:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        tag = path.stem.removeprefix(f"iteration_{env_id}").lstrip("_") or "v1"
+        tag = path.parent.name  # the run folder
         x = [int(r["real_steps"]) for r in rows]
         a.plot(x, [float(r["return_pre"]) for r in rows], "o-", ms=3, label=tag)
         b.plot(x, [float(r["return_adapted"]) for r in rows], "s-", ms=3, label=tag)
@@ -270,6 +296,8 @@ def compare(env: str) -> Path:
         ax.legend(fontsize=8)
     a.set_ylabel("real return (H=200)")
     fig.tight_layout()
+    out_dir = RESULTS / SCRIPT / utc_date()
+    out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"iteration_{env_id}_compare.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)

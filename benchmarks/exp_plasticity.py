@@ -7,10 +7,12 @@ Reads the per-iteration CSV of a HalfCheetah run of ``bench_iteration.py`` (its
 (every 10th step of all 20 x 50 rollouts), the KL from theta to each task's adapted theta'_t
 against the ensemble's disagreement there (std of the K members' predicted next states),
 summarised per iteration as the mean KL per quintile of disagreement and their Spearman rank
-correlation. Writes a PNG and a BENCHMARKS.md section.
+correlation. Writes a PNG into its own dated folder,
+``benchmarks/results/exp_plasticity/<YYYY-MM-DD>/``, and a BENCHMARKS.md section.
 
     .venv/bin/python benchmarks/exp_plasticity.py                     # the v4 run
-    .venv/bin/python benchmarks/exp_plasticity.py --csv benchmarks/results/iteration_X.csv
+    .venv/bin/python benchmarks/exp_plasticity.py \
+        --csv benchmarks/results/bench_iteration/<run folder>/iteration_X.csv
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, markdown_table, update_section, utc_date  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    markdown_table,
+    new_run_dir,
+    results_link,
+    update_section,
+    utc_date,
+)
 
-DEFAULT_CSV = "benchmarks/results/iteration_HalfCheetah-v5_v4.csv"
+# the v4 run of bench_iteration.py (2026-11-23)
+DEFAULT_CSV = "benchmarks/results/bench_iteration/2026-11-23/iteration_HalfCheetah-v5.csv"
 BINS = 5
 
 
@@ -68,7 +78,7 @@ def main() -> int:
         "",
         table,
         "",
-        f"![plasticity](benchmarks/results/{png.name})",
+        f"![plasticity]({results_link(png)})",
     ])
     print(body)
     if not args.no_write:
@@ -98,7 +108,10 @@ def plot(steps, kl, dis, corr, use, stem: str) -> Path:
     b.set_ylabel("Spearman(KL, disagreement) over visited states")
     fig.suptitle("MB-MPO HalfCheetah-v5: plasticity vs model disagreement (paper Fig. 3)")
     fig.tight_layout()
-    png = REPO_ROOT / "benchmarks" / "results" / f"plasticity_{stem}.png"
+    name = f"plasticity_{stem}.png"
+    out_dir = new_run_dir("exp_plasticity", taken=lambda d: (d / name).exists())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / name
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
