@@ -126,7 +126,7 @@ def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
                          "sac_update": tm["sac_updates"],
                          "env_step": tm["sample_real"] + tm["sync_weights"],
                          "eval": tm["evaluate_real"]}
-                c = algo.mbpo_counters
+                c = algo.counters
                 if first is None:  # initial steps + first fit + first 250 steps
                     first = {"wall_s": dt, **{f"{k}_s": v for k, v in phase.items()},
                              "model_epochs": r["model"].get("epochs_mean")}

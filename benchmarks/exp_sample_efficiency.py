@@ -19,7 +19,7 @@ returns at fixed step counts, wall-clock) and a PNG (mean and min-max over seeds
 BENCHMARKS.md.
 
 Returns: MB-MPO reports real episodes of its pre-update policy (sampled, as in training) after
-each iteration; MBPO its sampled training episodes (``train_return_mean``: iterations of 250
+each iteration; MBPO its sampled training episodes (``sample_return_mean``: iterations of 250
 real steps in which none ended report nothing); PPO and SAC report RLlib's
 ``env_runners/episode_return_mean`` (their sampled training episodes), smoothed over the last 5
 episodes for SAC as in RLlib's tuned example.
@@ -173,7 +173,7 @@ def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
         return int(result["num_real_steps_lifetime"]), float(result["episode_return_mean"])
     if method == "mbpo":  # its sampled training episodes, like SAC's (nan: none ended)
         return (int(result["num_real_steps_lifetime"]),
-                float(result.get("train_return_mean", np.nan)))
+                float(result.get("sample_return_mean", np.nan)))
     runners = result.get("env_runners", {})
     steps = result.get("num_env_steps_sampled_lifetime",
                        runners.get("num_env_steps_sampled_lifetime", 0))

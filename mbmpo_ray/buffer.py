@@ -9,6 +9,28 @@ import numpy as np
 _FIELDS = ("obs", "act", "next_obs", "reward", "done")
 
 
+def invalid_rows(rows: dict[str, np.ndarray], max_abs: float | None = None) -> np.ndarray:
+    """``[B]`` mask of the transitions to drop: any non-finite value in ``obs``, ``act``,
+    ``next_obs`` or ``reward`` or, with ``max_abs``, any value larger than ``max_abs`` in
+    magnitude (an exploding env). The one definition of an invalid real transition."""
+    invalid = np.zeros(len(rows["reward"]), bool)
+    for name in ("obs", "act", "next_obs", "reward"):
+        invalid |= _invalid_values(rows[name], max_abs)
+    return invalid
+
+
+def _invalid_values(values, max_abs: float | None) -> np.ndarray:
+    """``[B]`` mask of rows of ``values`` (``B`` or ``B x D``) with a non-finite value or one
+    above ``max_abs`` in magnitude."""
+    values = np.asarray(values)
+    values = values.reshape(len(values), -1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values).all(-1)
+        if max_abs is not None:
+            bad |= (np.abs(values) > max_abs).any(-1)
+    return bad
+
+
 class TransitionBuffer:
     """FIFO ring buffer of real ``(obs, act, next_obs, reward, done)`` transitions.
 
@@ -80,24 +102,17 @@ class TransitionBuffer:
                 )
         if len(batch["done"]) != n:
             raise ValueError(f"TransitionBuffer.add: {len(batch['done'])} dones for {n} rewards")
-        invalid = np.zeros(n, bool)
-        for name in ("obs", "act", "next_obs", "reward"):
-            values = batch[name].reshape(n, -1)
-            bad = ~np.isfinite(values).all(-1)
-            what = "non-finite"
-            if max_abs is not None:
-                with np.errstate(invalid="ignore"):
-                    big = (np.abs(values) > max_abs).any(-1) & ~bad
-                if big.any() and not bad.any():
-                    what = f"|value| > {max_abs:g}"
-                bad |= big
-            if bad.any() and not drop_invalid:
-                raise ValueError(
-                    f"TransitionBuffer.add: {int(bad.sum())} of {n} rows have {what} '{name}' "
-                    "(NaN/inf or exploding); check the environment or the action clipping. "
-                    "Nothing was stored."
-                )
-            invalid |= bad
+        invalid = invalid_rows(batch, max_abs)
+        if invalid.any() and not drop_invalid:
+            name = next(k for k in ("obs", "act", "next_obs", "reward")
+                        if _invalid_values(batch[k], max_abs).any())
+            finite = np.isfinite(batch[name]).all()
+            what = "non-finite" if not finite else f"|value| > {max_abs:g}"
+            raise ValueError(
+                f"TransitionBuffer.add: {int(invalid.sum())} of {n} rows have {what} '{name}' "
+                "(NaN/inf or exploding); check the environment or the action clipping. "
+                "Nothing was stored."
+            )
         dropped = int(invalid.sum())
         if dropped:
             batch = {k: v[~invalid] for k, v in batch.items()}

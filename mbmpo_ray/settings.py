@@ -28,7 +28,7 @@ class Rule:
 
     Attributes:
         kind: ``int``, ``float`` (ints accepted), ``bool``, ``str`` or ``tuple`` (a tuple of
-            positive ints, e.g. hidden layer sizes).
+            positive ints, e.g. hidden layer sizes; ints >= ``low`` where ``low`` is given).
         low, high: inclusive bounds for numbers (``open_low`` / ``open_high``: exclusive).
         choices: the allowed values (for ``str`` settings).
         optional: ``None`` is allowed too.
@@ -47,7 +47,8 @@ class Rule:
         if self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind is tuple:
-            text = "a tuple of positive integers, e.g. (64, 64)"
+            text = ("a tuple of positive integers, e.g. (64, 64)" if self.low is None
+                    else f"a tuple of integers >= {self.low:g}")
         else:
             text = {int: "an integer", float: "a number", bool: "True or False",
                     str: "a string"}[self.kind]
@@ -67,8 +68,9 @@ class Rule:
         if self.kind is bool:
             return isinstance(value, bool)
         if self.kind is tuple:
+            low = 1 if self.low is None else self.low
             return (isinstance(value, (tuple, list)) and len(value) > 0
-                    and all(_is_int(v) and v > 0 for v in value))
+                    and all(_is_int(v) and v >= low for v in value))
         if self.kind is str:
             ok = isinstance(value, str)
         elif self.kind is int:
@@ -93,6 +95,23 @@ class Rule:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One setting of an algorithm config, declared once: its default, one-line doc and
+    :class:`Rule` (the config's ``__init__``, ``validate()`` and ``--list-settings`` read it)."""
+
+    default: Any
+    doc: str
+    rule: Rule
+
+
+def declared_from(cls: type, names: Iterable[str]) -> dict[str, Declared]:
+    """The :func:`setting` fields ``names`` of dataclass ``cls`` as declarations."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {n: Declared(fields[n].default, fields[n].metadata["doc"], fields[n].metadata["rule"])
+            for n in names}
 
 
 def setting(default: Any, doc: str, rule: Rule) -> Any:

@@ -16,6 +16,7 @@ killed at any moment therefore leaves every ``iter_*`` directory complete, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,12 +64,27 @@ def _fsync_tree(root: Path) -> None:
         _fsync_path(Path(dirpath))
 
 
-def _write_manifest(root: Path, iteration: int, extra: dict[str, Any] | None) -> None:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(root: str | os.PathLike, iteration: int,
+                   extra: dict[str, Any] | None = None) -> None:
+    """List every file of the checkpoint in ``root`` with its size and SHA-256 (so a file
+    torn, truncated or overwritten with other bytes of the same size is refused by
+    :func:`check_checkpoint`), plus ``iteration`` and ``extra``."""
+    root = Path(root)
     files = {}
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             p = Path(dirpath) / name
-            files[str(p.relative_to(root))] = p.stat().st_size
+            if p.name in (MANIFEST, MANIFEST + ".tmp"):
+                continue
+            files[str(p.relative_to(root))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
     data = {"iteration": int(iteration), "files": files, **(extra or {})}
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -100,13 +116,19 @@ def check_checkpoint(path: str | os.PathLike) -> Path:
     p = p.resolve()
     manifest = read_manifest(p)
     if manifest is not None:
-        for rel, size in manifest.get("files", {}).items():
+        for rel, entry in manifest.get("files", {}).items():
+            # entries: {"size", "sha256"}; checkpoints before checksums: the size alone
+            size, digest = (entry, None) if isinstance(entry, int) else (
+                entry["size"], entry.get("sha256"))
             f = p / rel
             if not f.is_file():
                 raise CheckpointError(f"checkpoint {p} is incomplete: {rel} is missing")
             if f.stat().st_size != size:
                 raise CheckpointError(f"checkpoint {p} is incomplete: {rel} has "
                                       f"{f.stat().st_size} bytes, expected {size}")
+            if digest is not None and _sha256(f) != digest:
+                raise CheckpointError(f"checkpoint {p} is corrupted: the content of {rel} "
+                                      "differs from what was saved (checksum mismatch)")
         return p
     if not any(p.iterdir()):
         raise CheckpointError(f"checkpoint {p} is empty")
@@ -255,7 +277,8 @@ def save_checkpoint(
         tmp = root / f".tmp_{final.name}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         try:
             write(str(tmp))
-            _write_manifest(tmp, iteration, extra)
+            if read_manifest(tmp) is None:  # (an Algorithm's save_to_path writes its own)
+                write_manifest(tmp, iteration, extra)
             _fsync_tree(tmp)
             os.rename(tmp, final)
             _fsync_path(root)
@@ -270,7 +293,67 @@ def save_checkpoint(
 
 
 def save_algorithm(algo, run_dir: str | os.PathLike, *, keep: int = 2) -> Path:
-    """:func:`save_checkpoint` of an Algorithm at its current iteration."""
-    counters = getattr(algo, "mbmpo_counters", None) or getattr(algo, "mbpo_counters", {})
-    extra = {"num_real_steps_lifetime": int(counters.get("real_steps", 0))}
-    return save_checkpoint(algo.save_to_path, run_dir, algo.iteration, keep=keep, extra=extra)
+    """:func:`save_checkpoint` of a model-based Algorithm at its current iteration."""
+    return save_checkpoint(algo.write_checkpoint, run_dir, algo.iteration, keep=keep)
+
+
+def save_atomically(write: Callable[[str], Any], path: str | os.PathLike) -> Path:
+    """``write`` a checkpoint into the directory ``path`` so that a process killed at any
+    moment leaves either the previous complete checkpoint or the new one.
+
+    The new checkpoint is written beside ``path`` into a temporary directory and fsynced; then
+    the previous one (if any) is renamed to ``.<name>.prev_...``, the new one renamed to
+    ``path``, and the previous one deleted. :func:`find_checkpoint` finds the previous one if
+    a kill fell between the two renames."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp_{tag}"
+    try:
+        write(str(tmp))
+        _fsync_tree(tmp)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.prev_{tag}"
+            os.rename(path, old)
+        os.rename(tmp, path)
+        _fsync_path(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` if it exists, else the complete previous checkpoint that
+    :func:`save_atomically` had moved aside when the saving process was killed (renamed back
+    into place); ``path`` unchanged if there is none."""
+    path = Path(path).absolute()
+    if path.exists():
+        return path
+    for old in sorted(path.parent.glob(f".{path.name}.prev_*")):
+        try:
+            check_checkpoint(old)
+        except CheckpointError:
+            continue
+        os.rename(old, path)
+        return path
+    return path
+
+
+def checkpoint_algorithm(path: str | os.PathLike) -> str | None:
+    """The algorithm (``'mbmpo'``/``'mbpo'``) that wrote a checkpoint, from its manifest or,
+    for one without, from the Algorithm class RLlib recorded (None: unknown)."""
+    manifest = read_manifest(path)
+    if manifest and manifest.get("algo"):
+        return manifest["algo"]
+    try:
+        import pickle
+
+        with open(Path(path) / "class_and_ctor_args.pkl", "rb") as f:
+            cls = pickle.load(f)["class"]
+    except Exception:  # noqa: BLE001 (not ours, or unreadable: unknown)
+        return None
+    return getattr(cls, "ALGO_NAME", None)

@@ -109,18 +109,21 @@ class EnsembleFitter:
         probe_interval_s: seconds between pings of a trainer whose fit is pending.
         device: where the driver fits ("cuda" needs ``num_trainers == 0``; the trainer actors
             fit on their CPUs).
+        num_elites: members the whole ensemble keeps as elites (None: all).
     """
 
     def __init__(self, ensemble_kwargs: dict[str, Any], fit_config: FitConfig,
                  num_trainers: int = 0, cpus_per_trainer: float = 1, *,
                  probe_timeout_s: float = 30.0, probe_interval_s: float = 5.0,
-                 device: str = "cpu"):
+                 device: str = "cpu", num_elites: int | None = None):
         if device != "cpu" and num_trainers:
             raise ValueError(f"device={device!r} fits on the driver: num_trainers must be 0")
         self.device = device
         self.ensemble_kwargs = dict(ensemble_kwargs)
         self.fit_config = fit_config
-        self.ensemble = DynamicsEnsemble(**self.ensemble_kwargs)
+        # the elites are chosen on the whole ensemble; member groups (sub-ensembles built from
+        # ensemble_kwargs) can be smaller, so the kwargs never carry num_elites
+        self.ensemble = DynamicsEnsemble(**self.ensemble_kwargs, num_elites=num_elites)
         K = self.ensemble.ensemble_size
         self.groups = [g.tolist() for g in np.array_split(np.arange(K), max(1, num_trainers))]
         self.optimizer_states: list[dict | None] = [None] * len(self.groups)

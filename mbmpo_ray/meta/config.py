@@ -38,7 +38,8 @@ class MetaConfig:
     """
 
     num_tasks: int = setting(
-        5, "T, tasks per meta step (paper: one per ensemble member); a multiple of K", _COUNT)
+        20, "T, tasks per meta step (paper: 20, four per ensemble member); a multiple of K",
+        _COUNT)
     inner_lr: float = setting(
         0.001, "inner (adaptation) step size alpha of Eq. 3; 0 disables adaptation",
         Rule(float, low=0.0))

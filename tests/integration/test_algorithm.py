@@ -75,7 +75,7 @@ def test_checkpoint_round_trip(tmp_path):
                 assert torch.equal(v, restored.fitter.ensemble.state_dict()[k]), k
             for k, v in policy_params(algo).items():
                 assert torch.equal(v, policy_params(restored)[k]), k
-            assert restored.mbmpo_counters == algo.mbmpo_counters
+            assert restored.counters == algo.counters
             assert restored.iteration == algo.iteration == 1
             assert len(restored._adapted_params) == 2
             assert restored.fitter.optimizer_states[0] is not None
@@ -241,8 +241,8 @@ def test_each_return_is_reported_against_the_policy_that_produced_it():
     calls = []
     run = algo.sampler.run
 
-    def spy(jobs):
-        out = run(jobs)
+    def spy(jobs, *fn):
+        out = run(jobs, *fn)
         calls.append(([params for _, params, _, _ in jobs], out))
         return out
 

@@ -145,7 +145,7 @@ def test_chaos_every_iteration_kills_an_actor(unfaulted_buffer, caplog):
         # defaultdict still, after repeated restores; MB-MPO's are apart
         assert isinstance(algo._counters, collections.defaultdict)
         assert algo._counters["total_num_restored_workers"] >= 1
-        assert algo.mbmpo_counters["iterations"] == ITERATIONS
+        assert algo.counters["iterations"] == ITERATIONS
     finally:
         algo.stop()
 

@@ -480,7 +480,7 @@ def test_meta_config_fields_defaults_and_rules() -> None:
     assert cfg.problems() == [] and cfg.validate() is cfg
     assert (cfg.inner_lr, cfg.max_kl, cfg.gamma, cfg.gae_lambda) == (0.001, 0.01, 0.99, 1.0)
     assert (cfg.num_tasks, cfg.num_inner_steps, cfg.first_order, cfg.outer_optimizer) == (
-        5, 1, False, "trpo")
+        20, 1, False, "trpo")
     assert (cfg.cg_iters, cfg.cg_damping, cfg.hvp_method, cfg.hvp_subsample) == (
         10, 1e-5, "gauss_newton", 5)
     assert (cfg.ls_backtrack_ratio, cfg.ls_max_steps) == (0.8, 15)
