@@ -481,6 +481,34 @@ def rollout_length(epoch: float, schedule: tuple[float, float, int, int]) -> int
     return max(1, int(k_a + frac * (k_b - k_a)))
 
 
+def _cat(xs: list[Tensor], empty_shape: tuple[int, ...], ref: Tensor,
+         dtype: torch.dtype | None = None) -> Tensor:
+    """``torch.cat(xs)``, or an empty tensor of ``empty_shape`` like ``ref`` if none."""
+    if xs:
+        return torch.cat(xs)
+    return torch.zeros(empty_shape, dtype=dtype or ref.dtype, device=ref.device)
+
+
+def _model_step(obs: Tensor, dynamics: EliteDynamics, policy_fn: Callable,
+                generator: torch.Generator | None, low: Tensor, high: Tensor,
+                deterministic: bool, bounds: StateBounds | None, reward_fn: Callable,
+                termination_fn: Callable | None) -> tuple[Tensor, ...]:
+    """One branched-rollout step of every live row ``obs_B_D``: the policy acts (clipped to
+    the box), a random elite predicts, the env's functions score; rows whose prediction or
+    reward is not finite are left out. Returns ``(obs, act, next_obs, reward, done)``."""
+    act = torch.maximum(torch.minimum(policy_fn(obs, generator), high), low)
+    nxt = dynamics.sample_elite_next_obs(obs, act, generator, deterministic=deterministic)
+    if bounds is not None:
+        nxt = bounds.clip(obs, nxt)
+    rew = reward_fn(obs, act, nxt).to(obs.dtype)
+    done = (torch.zeros(obs.shape[0], dtype=torch.bool, device=obs.device)
+            if termination_fn is None else termination_fn(nxt).to(torch.bool))
+    ok = torch.isfinite(nxt).all(-1) & torch.isfinite(rew)
+    if not bool(ok.all()):
+        return obs[ok], act[ok], nxt[ok], rew[ok], done[ok]
+    return obs, act, nxt, rew, done
+
+
 def branched_rollouts(
     dynamics: EliteDynamics,
     policy_fn: Callable[[Tensor, torch.Generator | None], Tensor],
@@ -536,38 +564,27 @@ def branched_rollouts(
     out: dict[str, list[Tensor]] = {k: [] for k in ("obs", "act", "next", "rew", "done")}
     rows_per_step = torch.zeros(length, dtype=torch.long)
     dropped = 0
+    step_args = (dynamics, policy_fn, generator, low, high, deterministic_model, bounds,
+                 reward_fn, termination_fn)
     with torch.no_grad():
         for start in range(0, B, chunk):
             obs = start_obs_B_D[start:start + chunk]
             for step in range(length):
                 if obs.shape[0] == 0:
                     break
-                act = torch.maximum(torch.minimum(policy_fn(obs, generator), high), low)
-                nxt = dynamics.sample_elite_next_obs(
-                    obs, act, generator, deterministic=deterministic_model)
-                if bounds is not None:
-                    nxt = bounds.clip(obs, nxt)
-                rew = reward_fn(obs, act, nxt).to(ref.dtype)
-                done = (torch.zeros(obs.shape[0], dtype=torch.bool, device=ref.device)
-                        if termination_fn is None else termination_fn(nxt).to(torch.bool))
-                ok = torch.isfinite(nxt).all(-1) & torch.isfinite(rew)
-                if not bool(ok.all()):
-                    dropped += int((~ok).sum())
-                    obs, act, nxt, rew, done = obs[ok], act[ok], nxt[ok], rew[ok], done[ok]
-                for name, x in (("obs", obs), ("act", act), ("next", nxt), ("rew", rew),
-                                ("done", done)):
+                rows = _model_step(obs, *step_args)
+                dropped += obs.shape[0] - rows[0].shape[0]
+                for name, x in zip(("obs", "act", "next", "rew", "done"), rows, strict=True):
                     out[name].append(x)
-                rows_per_step[step] += obs.shape[0]
-                obs = nxt[~done]
-    cat = lambda xs, shape, dtype: (torch.cat(xs) if xs else  # noqa: E731
-                                    torch.zeros(shape, dtype=dtype, device=ref.device))
+                rows_per_step[step] += rows[0].shape[0]
+                obs = rows[2][~rows[4]]  # the next states of the rows that go on
     A = low.shape[-1] if low.ndim else 0
     return BranchedRollouts(
-        obs=cat(out["obs"], (0, D), ref.dtype),
-        actions=cat(out["act"], (0, A), ref.dtype),
-        next_obs=cat(out["next"], (0, D), ref.dtype),
-        rewards=cat(out["rew"], (0,), ref.dtype),
-        dones=cat(out["done"], (0,), torch.bool),
+        obs=_cat(out["obs"], (0, D), ref),
+        actions=_cat(out["act"], (0, A), ref),
+        next_obs=_cat(out["next"], (0, D), ref),
+        rewards=_cat(out["rew"], (0,), ref),
+        dones=_cat(out["done"], (0,), ref, torch.bool),
         rows_per_step=rows_per_step,
         dropped=dropped,
     )

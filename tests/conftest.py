@@ -22,3 +22,20 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+ALGOS = ("mbmpo", "mbpo")
+
+
+def smoke_config(algo: str, env: str = "pendulum", **overrides):
+    """The tiny smoke config of ``env`` for ``algo`` ('mbmpo' or 'mbpo'): seconds per
+    iteration on one core; ``overrides`` are ``.training()`` settings."""
+    import tune_configs
+
+    return tune_configs.load_config(env, "smoke", algo=algo, **overrides)
+
+
+@pytest.fixture(params=ALGOS)
+def algo_name(request) -> str:
+    """Each reliability test runs for both algorithms."""
+    return request.param

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -522,6 +522,49 @@ def _finish(
     )
 
 
+def _round_orders(cfg: FitConfig, train_idx: torch.Tensor, first_new: int, k: int,
+                  generator: torch.Generator | None, device) -> Iterator[torch.Tensor]:
+    """Per round of the fit (an epoch, or ``model_check_steps`` steps with a budget), the
+    ``K x M`` positions in the training rows each member trains on, in order: its bootstrap
+    resample (or all rows) shuffled, or with a budget sampled with
+    ``model_new_data_fraction`` of them from the rows at ``train_idx >= first_new``."""
+    n_train = train_idx.numel()
+    boot = (torch.randint(n_train, (k, n_train), generator=generator)
+            if cfg.model_bootstrap else None)
+    new_pos = torch.nonzero(train_idx >= first_new).flatten()
+    for steps in _rounds(cfg, n_train):
+        yield (_epoch_order(boot, k, n_train, generator, device) if steps is None else
+               _sampled_order(boot, k, n_train, steps * cfg.model_batch_size, new_pos,
+                              cfg.model_new_data_fraction, generator, device))
+
+
+def _fit_rounds(ensemble: DynamicsEnsemble, optimizer, member_params, fit_data, stop,
+                orders: Iterator[torch.Tensor], cfg: FitConfig, autocast, history: list[float],
+                log_fn: LogFn | None) -> int | None:
+    """Train round after round (one per order) until every member stopped early or the
+    rounds run out; ``history`` gets each round's mean validation loss. Returns the round at
+    which a loss became non-finite (None: none did)."""
+    for epoch, order in enumerate(orders, start=1):
+        epoch_train = _train_epoch(
+            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size,
+            autocast,
+        )
+        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
+                          cfg.model_val_space)
+        # Divergence guard. NaN/inf weights after any step make every later loss non-finite,
+        # so checking the summed epoch losses and the end-of-epoch validation covers each step.
+        if not (bool(torch.isfinite(epoch_train).all()) and bool(torch.isfinite(val).all())):
+            return epoch
+        stop.update(epoch, epoch_train, val, member_params, cfg.model_patience,
+                    cfg.model_improvement_threshold)
+        history.append(float(val.mean()))
+        if log_fn is not None:
+            log_fn(epoch, epoch_train.detach().cpu().numpy(), val.cpu().numpy())
+        if not bool(stop.active.any()):
+            break
+    return None
+
+
 def fit_ensemble(
     ensemble: DynamicsEnsemble,
     obs: torch.Tensor | np.ndarray,
@@ -574,14 +617,12 @@ def fit_ensemble(
     data = _to_checked_tensors(
         {"obs": obs, "act": act, "next_obs": next_obs},
         {"obs": ensemble.obs_dim, "act": ensemble.act_dim, "next_obs": ensemble.obs_dim},
-        dtype,
-        device,
-    )
+        dtype, device)
     obs_t, act_t, next_t = data["obs"], data["act"], data["next_obs"]
-    n, k = obs_t.shape[0], ensemble.ensemble_size
+    n = obs_t.shape[0]
     val_idx, train_idx = _split_holdout(
         n, cfg, generator, row_ids if cfg.model_holdout_split == "fixed" else None)
-    n_train, holdout = train_idx.numel(), val_idx.cpu().numpy()
+    holdout = val_idx.cpu().numpy()
     autocast = autocast_dtype(cfg.model_precision, device.type)
 
     # snapshots for the divergence guard (never modified afterwards)
@@ -594,28 +635,10 @@ def fit_ensemble(
                       cfg.model_val_space)
     stop = _EarlyStopping.start(member_params, val, dtype, device)
     history = [float(val.mean())]
-    boot = (torch.randint(n_train, (k, n_train), generator=generator)
-            if cfg.model_bootstrap else None)
-    new_pos = torch.nonzero(train_idx >= n - max(0, int(new_rows))).flatten()
-    for epoch, steps in enumerate(_rounds(cfg, n_train), start=1):
-        order = (_epoch_order(boot, k, n_train, generator, device) if steps is None else
-                 _sampled_order(boot, k, n_train, steps * cfg.model_batch_size, new_pos,
-                                cfg.model_new_data_fraction, generator, device))
-        epoch_train = _train_epoch(
-            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size,
-            autocast,
-        )
-        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
-                          cfg.model_val_space)
-        # Divergence guard. NaN/inf weights after any step make every later loss non-finite,
-        # so checking the summed epoch losses and the end-of-epoch validation covers each step.
-        if not (bool(torch.isfinite(epoch_train).all()) and bool(torch.isfinite(val).all())):
-            return _roll_back(ensemble, pre_state, epoch, stop, history, holdout), pre_opt_state
-        stop.update(epoch, epoch_train, val, member_params, cfg.model_patience,
-                    cfg.model_improvement_threshold)
-        history.append(float(val.mean()))
-        if log_fn is not None:
-            log_fn(epoch, epoch_train.detach().cpu().numpy(), val.cpu().numpy())
-        if not bool(stop.active.any()):
-            break
+    orders = _round_orders(cfg, train_idx, n - max(0, int(new_rows)), ensemble.ensemble_size,
+                           generator, device)
+    diverged_at = _fit_rounds(ensemble, optimizer, member_params, fit_data, stop, orders, cfg,
+                              autocast, history, log_fn)
+    if diverged_at is not None:
+        return _roll_back(ensemble, pre_state, diverged_at, stop, history, holdout), pre_opt_state
     return _finish(ensemble, member_params, stop, history, holdout), optimizer.state_dict()

@@ -1,8 +1,11 @@
-"""Fault injection on local Ray: env runners and model trainers killed between and during
-``train()`` calls, all runners at once, trainers that cannot come back, poisoned data.
+"""Fault injection on local Ray, for both algorithms: env runners and model trainers killed
+between and during ``train()`` calls, all runners at once and again and again, trainers that
+cannot come back, poisoned data.
 
-Every faulted run must complete, lose or duplicate no transition, and (where the faults only
-kill actors) end with exactly the buffer of an unfaulted run with the same seed.
+Every faulted run must complete and lose or duplicate no transition. MB-MPO's sampling jobs
+carry their policy and seed, so a run whose faults only kill actors ends with exactly the
+buffer of an unfaulted run; MBPO's runners continue their episodes across blocks, so a lost
+runner's unfinished episode restarts (seeded) and the data differs after the first fault.
 """
 
 import collections
@@ -16,7 +19,7 @@ import pytest
 import ray
 import torch
 
-import tune_configs
+from conftest import smoke_config
 from mbmpo_ray.envs import functions as F
 from mbmpo_ray.envs import register_model_functions
 
@@ -25,13 +28,13 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 ITERATIONS = 6
 
 
-def chaos_config(**overrides):
+def chaos_config(algo="mbmpo", **overrides):
     """2 env runners + 1 model trainer that all fit next to each other on num_cpus=2, with
     short fault-detection timeouts so a lost actor costs seconds, not minutes."""
     settings = dict(num_model_trainers=1, num_cpus_per_model_trainer=0.25)
     settings.update(overrides)
     return (
-        tune_configs.load_config("pendulum", "smoke", **settings)
+        smoke_config(algo, **settings)
         .env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5)
         # a restarted env runner is a fresh worker process (Ray, torch, RLlib imports): on two
         # cores busy with another run that took over 60 s once (2026-11-24), seconds when idle
@@ -61,7 +64,9 @@ def during(algo, phase, kill):
     """Run ``kill(algo)`` from a thread shortly after ``phase`` ("sample" or "fit") starts
     inside the next ``train()``."""
     started = threading.Event()
-    target, name = ((algo.sampler, "run") if phase == "sample" else (algo.fitter, "_collect"))
+    sampling = "run_steps" if algo.ALGO_NAME == "mbpo" else "run"
+    target, name = ((algo.sampler, sampling) if phase == "sample"
+                    else (algo.fitter, "_collect"))
     original = getattr(target, name)
 
     def wrapped(*args, **kwargs):
@@ -117,10 +122,12 @@ def unfaulted_buffer():
         algo.stop()
 
 
-def test_chaos_every_iteration_kills_an_actor(unfaulted_buffer, caplog):
+def test_chaos_every_iteration_kills_an_actor(algo_name, request, caplog):
     caplog.set_level(logging.WARNING)
-    algo = chaos_config().build_algo()
-    sampler_run, fitter_collect = algo.sampler.run, algo.fitter._collect
+    algo = chaos_config(algo_name).build_algo()
+    sampler = algo.sampler
+    sampler_run, sampler_steps, fitter_collect = sampler.run, sampler.run_steps, \
+        algo.fitter._collect
     faults = 0
     try:
         for it, (what, when) in enumerate(SCHEDULE):
@@ -128,7 +135,8 @@ def test_chaos_every_iteration_kills_an_actor(unfaulted_buffer, caplog):
             result = algo.train()
             if thread is not None:
                 thread.join(timeout=60)
-                algo.sampler.run, algo.fitter._collect = sampler_run, fitter_collect
+                sampler.run, sampler.run_steps = sampler_run, sampler_steps
+                algo.fitter._collect = fitter_collect
             faults += 1
             assert result["training_iteration"] == it + 1
             assert np.isfinite(result["model"]["val_loss_mean"])
@@ -137,15 +145,44 @@ def test_chaos_every_iteration_kills_an_actor(unfaulted_buffer, caplog):
             obs = algo.buffer.all()["obs"]
             assert len(np.unique(obs, axis=0)) == len(obs)
         assert faults == ITERATIONS == len(SCHEDULE)
-        # the faults changed nothing: the same buffer as the unfaulted run
-        final = algo.buffer.all()
-        for k, v in unfaulted_buffer.items():
-            np.testing.assert_array_equal(final[k], v, err_msg=k)
+        if algo_name == "mbmpo":  # the faults changed nothing: the unfaulted run's buffer
+            final = algo.buffer.all()
+            for k, v in request.getfixturevalue("unfaulted_buffer").items():
+                np.testing.assert_array_equal(final[k], v, err_msg=k)
         # RLlib's own counters (which its restore_env_runners increments) are RLlib's
         # defaultdict still, after repeated restores; MB-MPO's are apart
         assert isinstance(algo._counters, collections.defaultdict)
         assert algo._counters["total_num_restored_workers"] >= 1
         assert algo.counters["iterations"] == ITERATIONS
+    finally:
+        algo.stop()
+
+
+def test_repeated_kills_of_all_runners_during_train(algo_name, caplog):
+    """A long outage: every runner killed again and again for 8 s while ``train()`` samples
+    (the restarted ones die too). Sampling waits for Ray to bring them back and the run goes
+    on: no error, no transition lost or duplicated."""
+    caplog.set_level(logging.WARNING)
+    algo = chaos_config(algo_name, num_model_trainers=0).build_algo()
+    try:
+        algo.train()
+        stop = time.monotonic() + 8
+
+        def outage():
+            while time.monotonic() < stop:
+                kill_all_runners(algo)
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=outage, daemon=True)
+        thread.start()
+        result = algo.train()
+        thread.join()
+        result = algo.train()
+        assert result["training_iteration"] == 3
+        assert len(algo.buffer) == result["num_real_steps_lifetime"]
+        obs = algo.buffer.all()["obs"]
+        assert len(np.unique(obs, axis=0)) == len(obs)
+        assert algo._counters["total_num_restored_workers"] >= 2
     finally:
         algo.stop()
 
@@ -171,11 +208,11 @@ def test_trainer_that_cannot_be_scheduled_falls_back_to_the_driver(caplog):
         algo.stop()
 
 
-def test_actors_dead_for_good():
+def test_actors_dead_for_good(algo_name):
     """A runner and a trainer killed for good: sampling goes on on the other runner, the
     trainer's members are fitted on the driver and a new trainer takes over. Then the last
     runner dies for good too: a clear error within the restore timeout, not a hang."""
-    cfg = chaos_config().fault_tolerance(env_runner_restore_timeout_s=3)
+    cfg = chaos_config(algo_name).fault_tolerance(env_runner_restore_timeout_s=3)
     algo = cfg.build_algo()
     try:
         algo.train()
@@ -183,7 +220,8 @@ def test_actors_dead_for_good():
         ray.kill(algo.fitter.trainers[0], no_restart=True)
         for _ in range(2):
             result = algo.train()
-        assert len(algo.buffer) == result["num_real_steps_lifetime"] == 300
+        expected = 300 if algo_name == "mbmpo" else 200  # smoke: 100 + 2 x 50 + 50
+        assert len(algo.buffer) == result["num_real_steps_lifetime"] == expected
         assert result["num_model_trainer_fallbacks_lifetime"] >= 1
         assert algo.env_runner_group.num_healthy_remote_workers() == 1
 
@@ -240,24 +278,28 @@ def poisoned_env(monkeypatch):
         gym.registry.pop(env_id, None)
 
 
-@pytest.mark.parametrize("value", [float("nan"), 1e18], ids=["nan", "exploding"])
-def test_bad_observations_are_dropped_and_counted(value, poisoned_env, caplog):
+@pytest.mark.parametrize("value", [float("nan"), 1e18, 1e30],
+                         ids=["nan", "exploding", "huge"])
+def test_bad_observations_are_dropped_and_counted(algo_name, value, poisoned_env, caplog):
     caplog.set_level(logging.WARNING)
     env_id = poisoned_env(value)
-    algo = tune_configs.load_config("pendulum", "smoke").environment(env_id).build_algo()
+    algo = smoke_config(algo_name).environment(env_id).build_algo()
     try:
         dropped = 0
         for it in range(2):
             result = algo.train()
             dropped += result["num_dropped_transitions"]
+            n_new = result["env_runners"]["num_env_steps_sampled"]
             # every bad obs spoils two rows (as next_obs, then as obs): ~2/7 of the rows
-            assert 0 < result["num_dropped_transitions"] < 0.5 * 100
+            assert 0 < result["num_dropped_transitions"] < 0.5 * n_new
             assert result["training_iteration"] == it + 1
         assert result["num_dropped_transitions_lifetime"] == dropped
         assert len(algo.buffer) == result["num_real_steps_lifetime"] - dropped
         data = algo.buffer.all()
         assert all(np.isfinite(v).all() and np.abs(v).max() < 1e8 for v in data.values())
         assert np.isfinite(result["model"]["val_loss_mean"])
+        # the model's normaliser saw only the kept rows (1e30 gave it a std of 1.6e29 once)
+        assert float(algo.fitter.ensemble.input_normalizer.std.max()) < 1e3
         assert result["imagination_diverged"] == 0
         assert "dropped" in caplog.text
     finally:
@@ -268,7 +310,7 @@ def test_diverged_imagination_is_flagged_and_leaves_the_policy_alone(caplog):
     """An ensemble predicting absurd states (weights blown up after the fit) makes imagined
     returns explode: the iteration is flagged, the policy keeps its parameters."""
     caplog.set_level(logging.WARNING)
-    algo = tune_configs.load_config("pendulum", "smoke", imagine_clip_margin=None).build_algo()
+    algo = smoke_config("mbmpo", imagine_clip_margin=None).build_algo()
     try:
         algo.train()
         fit, good = algo.fitter.fit, {}
