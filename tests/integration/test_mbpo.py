@@ -68,7 +68,7 @@ def test_observation_dims_hidden_from_the_policy():
         module = learner(algo).module["default_policy"]
         # HalfCheetah-v5 keeps x in the observation (18 dims) for the model reward only
         assert algo.buffer.obs_dim == 18 and module.observation_space.shape == (17,)
-        assert module.qf_encoder.net.mlp[0].in_features == 17 + 6  # one MLP on [obs, act]
+        assert module.qf.weights[0].shape[1] == 17 + 6  # critics: MLPs on [obs, act]
     finally:
         algo.stop()
 

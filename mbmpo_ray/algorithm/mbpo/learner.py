@@ -1,42 +1,60 @@
-"""MBPO's Learner: RLlib's SAC Learner (loss, optimisers, entropy tuning) driven in blocks.
+"""MBPO's Learner: RLlib's SAC (loss, optimisers, entropy tuning) driven in blocks, with the
+SAC update written as one pass over batched networks.
 
-``MBPOTorchLearner`` adds three things to :class:`SACTorchLearner` and changes none of its
-maths:
+``MBPOTorchLearner`` adds to :class:`SACTorchLearner`:
 
 * the data: a device copy of the real transitions (appended block by block) and the model
   buffer (:class:`~mbmpo_ray.buffer.ModelBuffer`, refilled every refit by
   :meth:`model_rollouts`, kept here next to the policy that generates it);
 * :meth:`train_block`: ``num_updates`` SAC gradient steps in ONE call, each on a fresh batch
-  of ``int(batch * real_ratio)`` real + the rest model rows, each RLlib's ``_update``
-  (``forward_train`` -> SAC loss -> gradients -> Adam steps; the block's last one exactly that,
-  the others without its metrics and host reads, :meth:`_quiet_update`, or on a GPU with
-  ``sac_cuda_graph`` as replays of one captured CUDA graph), then a Polyak target update with
+  of ``int(batch * real_ratio)`` real + the rest model rows, then a Polyak target update with
   ``tau`` after every step (RLlib's SAC updates the targets once per ``update`` call; the step
-  is RLlib's ``update_target_network`` formula done in place);
+  is RLlib's ``update_target_network`` formula done in place, one ``torch._foreach_lerp_``);
+* the SAC update itself as :func:`sac_losses` (RLlib's continuous SAC loss terms, unchanged:
+  clipped double Q with a Huber critic loss, the reparameterised policy loss, the automatic
+  entropy tuning of ``log_alpha``) on the module's stacked twin critics
+  (:class:`~mbmpo_ray.algorithm.mbpo.rl_module.StackedQ`: one ``baddbmm`` per layer for both
+  critics), one ``torch.autograd.grad`` of the summed losses (the four losses touch disjoint
+  parameters, so this equals RLlib's one backward pass per optimiser), and the Adam steps of
+  all optimisers as PyTorch's fused Adam kernel called directly on the optimisers' own
+  states (:class:`FusedAdamSteps`); no host reads inside a block (its last update logs
+  RLlib's SAC metrics as tensors). On a GPU with ``sac_cuda_graph`` the block's updates are
+  replays of one captured CUDA graph;
 * ``log_alpha`` and the model buffer in the Learner state, so checkpoints carry them.
 
-It also computes the gradients of the four SAC losses in one backward pass of their sum
-(:meth:`compute_gradients`; identical gradients, ~30% less time per step on a CPU), steps
-PyTorch's fused Adam kernel on a CPU (:meth:`_fuse_adam`), and with ``sac_precision`` runs
-each update's forward pass and losses under a bfloat16 autocast (:meth:`_sac_autocast`; the
-output layers stay float32, :class:`~mbmpo_ray.algorithm.mbpo.rl_module.Float32MLPHead`).
+With ``sac_precision`` each update's forward pass and losses run under a bfloat16 autocast
+(:meth:`_sac_autocast`; the output layers stay float32). RLlib's own path (``forward_train``
+-> ``compute_losses`` -> ``compute_gradients`` -> optimiser steps) still works on the module
+and is what the tests compare the update against.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
 import torch
+from ray.rllib.algorithms.sac.sac_learner import (
+    LOGPS_KEY,
+    QF_LOSS_KEY,
+    QF_MAX_KEY,
+    QF_MEAN_KEY,
+    QF_MIN_KEY,
+    QF_TWIN_LOSS_KEY,
+    TD_ERROR_MEAN_KEY,
+)
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import POLICY_LOSS_KEY
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 from ray.rllib.utils.annotations import override
-from ray.rllib.utils.metrics import NUM_TARGET_UPDATES
+from ray.rllib.utils.metrics import NUM_TARGET_UPDATES, TD_ERROR_KEY
+from ray.rllib.utils.numpy import MAX_LOG_NN_OUTPUT, MIN_LOG_NN_OUTPUT
 
 from mbmpo_ray.buffer import ModelBuffer
 from mbmpo_ray.envs import EnvSpec
@@ -45,21 +63,151 @@ from mbmpo_ray.models import DynamicsEnsemble
 
 MBPO_LEARNER_STATE = "mbpo"
 _FIELDS = ("obs", "act", "next_obs", "reward", "done")
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 logger = logging.getLogger(__name__)
 
 
-class _NoMetrics:
-    """Stands in for the Learner's MetricsLogger during :meth:`MBPOTorchLearner._quiet_update`
-    (RLlib's SAC loss logs ~12 values per call, each read back from the device)."""
+# ---------------------------------------------------------------------- SAC maths
+def squashed_gaussian_sample(logits_B_2A: torch.Tensor, eps_B_A: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLlib's ``TorchSquashedGaussian`` on [-1, 1]: ``rsample_and_logp`` with the standard
+    normal noise ``eps`` given.
 
-    def log_value(self, *args, **kwargs) -> None:
-        pass
+    ``logits``: ``B x 2A`` (mean, log-std; log-std clipped to RLlib's [-5, 2]). Returns
+    ``(tanh(z), log pi(tanh(z)))`` with ``z = mean + std * eps``: actions ``B x A`` and
+    log-probabilities ``B`` (Gaussian log-density minus the tanh Jacobian
+    ``2 (log 2 - z - softplus(-2 z))``, SAC's appendix C). Differentiable in ``logits``.
+    """
+    loc, log_std = logits_B_2A.chunk(2, dim=-1)
+    log_std = log_std.clamp(MIN_LOG_NN_OUTPUT, MAX_LOG_NN_OUTPUT)
+    z = loc + eps_B_A * log_std.exp()
+    # N(z; loc, std) = -eps^2 / 2 - log std - log(2 pi) / 2, since (z - loc) / std = eps
+    log_jacobian = 2.0 * (math.log(2.0) - z - torch.nn.functional.softplus(-2.0 * z))
+    logp = (-0.5 * eps_B_A.square() - log_std - log_jacobian).sum(-1) - (
+        _HALF_LOG_2PI * eps_B_A.shape[-1])
+    return torch.tanh(z).clamp(-1.0, 1.0), logp
 
-    def log_dict(self, *args, **kwargs) -> None:
-        pass
+
+class SACLosses(NamedTuple):
+    """One SAC update's losses (RLlib's continuous SAC) and what its metrics read.
+
+    Shapes: ``K`` critics (2 with twin Q), ``B`` rows.
+    """
+
+    total: torch.Tensor  # scalar: critic.sum() + actor + alpha, differentiated once
+    critic: torch.Tensor  # K: Huber TD loss of each critic (RLlib's qf_loss, qf_twin_loss)
+    actor: torch.Tensor  # scalar: mean(alpha * log pi(a|s) - min_k Q_k(s, a)), a ~ pi
+    alpha: torch.Tensor  # scalar: -mean(log_alpha * (log pi(a|s) + target_entropy))
+    alpha_value: torch.Tensor  # 1: exp(log_alpha)
+    logp: torch.Tensor  # B: log pi(a|s) of the reparameterised actions
+    q_curr: torch.Tensor  # B: min_k Q_k(s, a), a ~ pi (the critics' parameters detached)
+    td_error: torch.Tensor  # B: mean over critics of |Q_k(s, a_batch) - y|
 
 
-_NO_METRICS = _NoMetrics()
+def sac_losses(module, log_alpha: torch.Tensor, target_entropy: torch.Tensor | float,
+               batch: dict[str, torch.Tensor], noise: tuple[torch.Tensor, torch.Tensor],
+               gamma: float) -> SACLosses:
+    """RLlib's continuous SAC loss (``SACTorchLearner._compute_loss_for_module_continuous``,
+    Haarnoja et al. 2018 eqs. 5-7 and 17, clipped double Q of Fujimoto et al. 2018) on
+    :class:`~mbmpo_ray.algorithm.mbpo.rl_module.MBPOTorchRLModule`'s stacked critics::
+
+        a, log pi(a|s)   = pi(s, eps)                        (reparameterised)
+        a', log pi(a'|s') = pi(s', eps')                      (no gradient)
+        y      = r + gamma^n (1 - d) (min_k Q'_k(s', a') - alpha log pi(a'|s'))
+        critic = mean(w * huber(Q_k(s, a_batch) - y))         per critic k
+        actor  = mean(alpha log pi(a|s) - min_k Q_k(s, a))    (critics' parameters detached)
+        alpha  = -mean(log_alpha (log pi(a|s) + target_entropy))
+
+    with ``alpha = exp(log_alpha)`` detached in the first two. Each loss reaches only its own
+    parameters, so one gradient of ``total`` gives every optimiser's gradient.
+
+    Args:
+        module: the RLModule (``policy_obs``, ``policy_logits``, ``qf``, ``target_qf``).
+        log_alpha: ``1``, the entropy coefficient's log (requires grad).
+        target_entropy: the entropy target.
+        batch: RLlib's SAC batch of ``B`` rows: ``obs``, ``actions`` (in [-1, 1]),
+            ``rewards``, ``new_obs``, ``terminateds``, ``n_step``, ``weights``.
+        noise: ``(eps, eps')``, each ``B x A`` standard normal (RLlib draws them in this
+            order inside ``forward_train``).
+        gamma: discount.
+    """
+    obs = module.policy_obs(batch[Columns.OBS])
+    next_obs = module.policy_obs(batch[Columns.NEXT_OBS])
+    alpha = log_alpha.exp()
+    alpha_d = alpha.detach()
+    act_pi, logp = squashed_gaussian_sample(module.policy_logits(obs), noise[0])
+    with torch.no_grad():  # the target: nothing in it is differentiated
+        act_next, logp_next = squashed_gaussian_sample(module.policy_logits(next_obs), noise[1])
+        q_next = module.target_qf(next_obs, act_next).min(0).values - alpha_d * logp_next
+        q_next = (1.0 - batch[Columns.TERMINATEDS].float()) * q_next
+        y = batch[Columns.REWARDS] + (gamma ** batch["n_step"]) * q_next
+    q_pred_K_B = module.qf(obs, batch[Columns.ACTIONS])
+    q_curr = module.qf(obs, act_pi, detach_params=True).min(0).values
+    huber = torch.nn.functional.huber_loss(q_pred_K_B, y.expand_as(q_pred_K_B),
+                                           reduction="none", delta=1.0)
+    critic = (batch["weights"] * huber).mean(-1)
+    actor = (alpha_d * logp - q_curr).mean()
+    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+    with torch.no_grad():
+        td_error = (q_pred_K_B - y).abs().mean(0)
+    return SACLosses(total=critic.sum() + actor + alpha_loss, critic=critic, actor=actor,
+                     alpha=alpha_loss, alpha_value=alpha_d, logp=logp.detach(),
+                     q_curr=q_curr.detach(), td_error=td_error)
+
+
+class FusedAdamSteps:
+    """The ``step()`` of several ``torch.optim.Adam`` as PyTorch's fused Adam kernel called
+    directly, on the optimisers' own parameters and state tensors: their states (and so
+    checkpoints) are exactly what ``Adam(fused=True).step()`` leaves, without its per-call
+    Python work (grouping, state checks: ~0.1 ms per optimiser and step). Parameter groups
+    with equal hyperparameters share one kernel call (SAC's three optimisers: one call when
+    the actor, critic and alpha learning rates are equal, else one per rate).
+
+    Built from optimisers that have stepped once (their state exists); rebuild it after
+    their state is replaced (``load_state_dict``). ``lr`` is read at every call (RLlib may
+    schedule it). Gradients are passed in (in the order of :attr:`params`), not read from
+    ``.grad``.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.groups = [group for optim in optimizers for group in optim.param_groups]
+        for group in self.groups:
+            if group.get("amsgrad") or group.get("maximize") or group.get(
+                    "decoupled_weight_decay") or group.get("differentiable"):
+                raise ValueError("FusedAdamSteps: plain Adam only")
+        states = {id(p): optim.state[p] for optim in optimizers
+                  for group in optim.param_groups for p in group["params"]}
+        self.params = [p for group in self.groups for p in group["params"]]
+        for p in self.params:  # fused kernels keep the step counters beside the parameters
+            state = states[id(p)]
+            if state["step"].device != p.device or state["step"].dtype != torch.float32:
+                state["step"] = state["step"].to(p.device, torch.float32)
+        self._lists = [[states[id(p)][k] for p in self.params]
+                       for k in ("exp_avg", "exp_avg_sq", "step")]
+        bounds = np.cumsum([0] + [len(group["params"]) for group in self.groups])
+        self._spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def _hyper(self, group: dict) -> tuple:
+        return (float(group["lr"]), *group["betas"], group["eps"], group["weight_decay"])
+
+    def __call__(self, grads: list[torch.Tensor]) -> None:
+        """One Adam step of every parameter with ``grads`` (aligned with :attr:`params`)."""
+        hypers = [self._hyper(group) for group in self.groups]
+        if all(h == hypers[0] for h in hypers):  # one call for all
+            self._step(0, len(self.params), grads, hypers[0])
+        else:
+            for (a, b), hyper in zip(self._spans, hypers, strict=True):
+                self._step(a, b, grads[a:b], hyper)
+
+    def _step(self, a: int, b: int, grads: list[torch.Tensor], hyper: tuple) -> None:
+        lr, beta1, beta2, eps, weight_decay = hyper
+        exp_avg, exp_avg_sq, steps = (x[a:b] if b - a < len(self.params) else x
+                                      for x in self._lists)
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(self.params[a:b] if b - a < len(self.params) else self.params,
+                           grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=beta1,
+                           beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=False,
+                           maximize=False)
 
 
 class TensorRing:
@@ -128,28 +276,50 @@ class MBPOTorchLearner(SACTorchLearner):
         self._graph_batch: dict[str, torch.Tensor] | None = None
         self._graph_failed = False
         self._targets_mains: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._adam: FusedAdamSteps | None = None  # built after the first optimiser steps
         self._bf16: bool | None = None  # sac_precision, resolved on the first update
 
     @override(SACTorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
-        """RLlib's SAC optimisers (Adam for the critics, the actor and alpha), on a CPU with
-        PyTorch's fused Adam kernel: the same update rule in one vectorised pass per
-        optimiser instead of ~10 elementwise passes per parameter (torch's CPU default); 10x
-        faster per step on its own, 0.5-1 ms of a 11 ms bf16 SAC update at 512 x 512 here."""
-        super().configure_optimizers_for_module(module_id, config)
+        """RLlib's SAC optimisers: Adam (eps 1e-7) for the critics (``qf``: both critics of
+        the stacked module, whose losses add up to this optimiser's loss), for the policy
+        and for ``log_alpha``, at ``critic_lr``, ``actor_lr``, ``alpha_lr``; with PyTorch's
+        fused kernel (:meth:`_fuse_adam`)."""
+        module = self._module[module_id]
+        log_alpha = self.curr_log_alpha[module_id]
+        for name, params, lr in (
+                ("qf", self.get_parameters(module.qf), config.critic_lr),
+                ("policy", self.get_parameters(module.pi_encoder)
+                 + self.get_parameters(module.pi), config.actor_lr),
+                ("alpha", [log_alpha], config.alpha_lr)):
+            self.register_optimizer(module_id=module_id, optimizer_name=name,
+                                    optimizer=torch.optim.Adam(params, eps=1e-7),
+                                    params=params, lr_or_lr_schedule=lr)
         self._fuse_adam()
 
     def _fuse_adam(self) -> None:
-        """Switch every Adam to the fused kernel on a CPU (again after loading a state: its
-        param groups carry the flags of the Learner that saved it); elsewhere torch's default
-        is its foreach kernel."""
-        if self._device.type != "cpu":
-            return
+        """Switch every Adam to PyTorch's fused kernel (again after loading a state: its
+        param groups carry the flags of the Learner that saved it): the same update rule in
+        one vectorised pass instead of ~10 elementwise passes per parameter (torch's CPU
+        default); the SAC update calls that kernel directly (:class:`FusedAdamSteps`)."""
+        self._adam = None
         for optim in self._optimizer_parameters:
             if isinstance(optim, torch.optim.Adam):
                 optim.defaults.update(foreach=False, fused=True)
                 for group in optim.param_groups:
                     group.update(foreach=False, fused=True)
+
+    @override(SACTorchLearner)
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        """RLlib's SAC loss; the twin critic's loss is added to the critic optimiser's
+        (``qf``: one optimiser over both stacked critics)."""
+        total = super().compute_loss_for_module(module_id=module_id, config=config,
+                                                batch=batch, fwd_out=fwd_out)
+        twin = self._temp_losses.pop((module_id, QF_TWIN_LOSS_KEY), None)
+        if twin is not None:
+            self._temp_losses[(module_id, QF_LOSS_KEY)] = (
+                self._temp_losses[(module_id, QF_LOSS_KEY)] + twin)
+        return total
 
     # ------------------------------------------------------------------ data
     def setup_data(self, *, obs_dim: int, act_dim: int, action_low, action_high,
@@ -273,7 +443,7 @@ class MBPOTorchLearner(SACTorchLearner):
         done = 0
         if num_updates > 1 and self._use_cuda_graph():
             done = self._graphed_updates(rows_of, num_updates - 1)
-        for i in range(done, num_updates):  # the last one through RLlib's _update: metrics
+        for i in range(done, num_updates):  # the last one logs the metrics
             batch = self._sac_batch(rows_of(i))
             if i == num_updates - 1:
                 self._update(batch)
@@ -315,30 +485,89 @@ class MBPOTorchLearner(SACTorchLearner):
 
     @override(SACTorchLearner)
     def _update(self, batch: dict[str, Any]):
-        """RLlib's update with its forward pass and losses under :meth:`_sac_autocast`."""
-        with self._sac_autocast():
-            return super()._update(batch)
+        """One SAC update (:meth:`_sac_step`) that logs RLlib's SAC metrics (as tensors: no
+        host read here); returns ``(fwd_out, loss_per_module, metrics)`` as RLlib's
+        ``_update`` does (``fwd_out`` empty: the update keeps no RLlib forward outputs)."""
+        losses = self._sac_step(batch)
+        self._log_sac_metrics(losses)
+        return {}, {DEFAULT_MODULE_ID: losses.total.detach()}, {}
 
     def _quiet_update(self, batch: dict[str, Any]) -> None:
-        """RLlib's ``_update`` (forward_train, SAC loss, one backward pass, gradient
-        post-processing, Adam steps) without its metrics and per-parameter ``isfinite``
-        checks: those read GPU values back on every call (~30 device syncs per update). The
-        same maths: non-finite gradients are zeroed as RLlib's ``apply_gradients`` does
-        (``nan_to_num``), without its warning; the block's last update runs ``_update``."""
-        metrics, self.metrics = self.metrics, _NO_METRICS
-        try:
-            with self._sac_autocast():
-                fwd = self.module.forward_train(batch)
-                losses = self.compute_losses(fwd_out=fwd, batch=batch)
-            grads = self.postprocess_gradients(self.compute_gradients(losses))
-        finally:
-            self.metrics = metrics
-        if not self.config.torch_skip_nan_gradients:
-            for g in grads.values():
-                if g is not None:
-                    torch.nan_to_num_(g)
-        for optim in self._optimizer_parameters:
+        """One SAC update without metrics: the updates inside a block (all but its last)."""
+        self._sac_step(batch)
+
+    def _sac_step(self, batch: dict[str, Any]) -> SACLosses:
+        """One SAC gradient step on RLlib's SAC ``batch`` (:meth:`_sac_batch`): the losses of
+        :func:`sac_losses` (under :meth:`_sac_autocast`), one ``autograd.grad`` of their sum
+        for all parameters (critics, policy, ``log_alpha``), RLlib's gradient
+        post-processing where configured (``grad_clip``: the critic optimiser's norm covers
+        both stacked critics), non-finite gradients zeroed as RLlib's ``apply_gradients``
+        does (``nan_to_num``, without its warning and host read), then every optimiser's
+        Adam step. The policy noise comes from torch's global generator, drawn as RLlib's
+        ``forward_train`` draws it (current state, then next state)."""
+        mid = DEFAULT_MODULE_ID
+        rows = batch[mid]
+        act = rows[Columns.ACTIONS]
+        noise = (torch.empty_like(act).normal_(), torch.empty_like(act).normal_())
+        with self._sac_autocast():
+            losses = sac_losses(self.module[mid].unwrapped(), self.curr_log_alpha[mid],
+                                self.target_entropy[mid], rows, noise, self.config.gamma)
+        params = self._sac_params()
+        grads = list(torch.autograd.grad(losses.total, params))
+        cfg = self.config
+        if cfg.grad_clip is not None or cfg.log_gradients:
+            processed = self.postprocess_gradients(dict(zip(params, grads, strict=True)))
+            grads = [processed[p] for p in params]
+        if not cfg.torch_skip_nan_gradients:
+            for g in grads:
+                torch.nan_to_num_(g)
+        self._adam_step(params, grads)
+        return losses
+
+    def _sac_params(self) -> list[torch.Tensor]:
+        """Every optimised parameter, in the order of the optimisers' parameter groups."""
+        return [p for optim in self._optimizer_parameters for group in optim.param_groups
+                for p in group["params"]]
+
+    def _adam_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Every optimiser's Adam step with ``grads``: the fused kernel called directly
+        (:class:`FusedAdamSteps`) once the optimisers have state, their ``step()`` before."""
+        optims = list(self._optimizer_parameters)
+        if self._adam is None and all(p in optim.state for optim in optims
+                                      for group in optim.param_groups
+                                      for p in group["params"]):
+            self._adam = FusedAdamSteps(optims)
+        if self._adam is not None:
+            self._adam(grads)
+            return
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        for optim in optims:
             optim.step()
+        for p in params:
+            p.grad = None
+
+    def _log_sac_metrics(self, losses: SACLosses) -> None:
+        """RLlib's SAC metrics (its keys, ``window=1``) from one update's losses."""
+        mid = DEFAULT_MODULE_ID
+        alpha = losses.alpha_value
+        self.metrics.log_value((mid, TD_ERROR_KEY), losses.td_error, reduce="item_series")
+        self.metrics.log_dict({
+            POLICY_LOSS_KEY: losses.actor.detach(),
+            QF_LOSS_KEY: losses.critic[0].detach(),
+            "alpha_loss": losses.alpha.detach(),
+            "alpha_value": alpha[0],
+            "log_alpha_value": torch.log(alpha)[0],
+            "target_entropy": self.target_entropy[mid],
+            LOGPS_KEY: losses.logp.mean(),
+            QF_MEAN_KEY: losses.q_curr.mean(),
+            QF_MAX_KEY: losses.q_curr.max(),
+            QF_MIN_KEY: losses.q_curr.min(),
+            TD_ERROR_MEAN_KEY: losses.td_error.mean(),
+        }, key=mid, window=1)
+        if len(losses.critic) > 1:
+            self.metrics.log_value((mid, QF_TWIN_LOSS_KEY), losses.critic[1].detach(),
+                                   window=1)
 
     # ------------------------------------------------------------------ CUDA graph
     def _use_cuda_graph(self) -> bool:
@@ -378,6 +607,7 @@ class MBPOTorchLearner(SACTorchLearner):
             for state in optim.state.values():
                 if "step" in state:
                     state["step"] = state["step"].to(device=self._device, dtype=torch.float32)
+        self._adam = None  # (rebuilt on those step tensors)
         done = 0
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -442,6 +672,20 @@ class MBPOTorchLearner(SACTorchLearner):
                 if "capturable" in group:
                     group["capturable"] = False
         return state
+
+    @override(SACTorchLearner)
+    def _set_optimizer_state(self, state: dict[str, Any]) -> None:
+        """RLlib's, then the fused kernel again (:meth:`_fuse_adam`). A state from before the
+        critics were stacked (optimisers ``qf`` and ``qf_twin`` over separate critics)
+        leaves the critic optimiser fresh (its moments do not fit the stacked layout)."""
+        twins = [name for name in state if name.endswith("_qf_twin")]
+        if twins:
+            logger.warning("MBPO: optimizer state with separate twin critics (an earlier "
+                           "version); the critics' Adam moments start afresh")
+            drop = {*twins, *(name[:-len("_twin")] for name in twins)}
+            state = {k: v for k, v in state.items() if k not in drop}
+        super()._set_optimizer_state(state)
+        self._fuse_adam()
 
     # ------------------------------------------------------------------ state
     def model_buffer_state(self) -> dict[str, Any]:
