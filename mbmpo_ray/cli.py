@@ -91,6 +91,33 @@ def _setting_docs(algo: str) -> dict[str, str]:
     return setting_docs()
 
 
+def _has_model_functions(env_id: str) -> bool:
+    from mbmpo_ray.envs import UnsupportedEnvError, get_env_spec
+
+    try:
+        get_env_spec(env_id)
+    except UnsupportedEnvError:
+        return False
+    return True
+
+
+def _no_model_functions(env_id: str, algo: str) -> str:
+    """Why ``--env ENV_ID`` (no config of its own, no model functions) cannot be trained, and
+    how to make it trainable."""
+    import gymnasium
+
+    from mbmpo_ray.envs import SUPPORTED_ENV_IDS
+
+    what = ("has no model reward/termination functions" if env_id in gymnasium.registry
+            else "is not a gymnasium env id, and has no model reward/termination functions")
+    return (f"--env {env_id} {what}, which {'MBPO' if algo == 'mbpo' else 'MB-MPO'} needs "
+            f"(its models predict the next observation only); envs that have them: "
+            f"{', '.join(sorted(SUPPORTED_ENV_IDS))}. For another env write a config file that "
+            "calls mbmpo_ray.envs.register_model_functions(ENV, reward_fn, termination_fn) "
+            "and defines ENV and PAPER (see tune_configs/pendulum.py), then pass "
+            "--config FILE.py")
+
+
 def build_config(args: argparse.Namespace):
     """MBMPOConfig (``--algo mbpo``: MBPOConfig) from --config/--env, --variant, --set, --seed
     and --num-env-runners, validated (every problem reported, one line each) before anything
@@ -114,6 +141,8 @@ def build_config(args: argparse.Namespace):
         stop = (args.stop_timesteps if args.stop_timesteps is not None
                 else tune_configs.stop_timesteps(name, args.variant, algo=algo))
     except (ValueError, FileNotFoundError, TypeError) as e:
+        if args.env and not args.config and not _has_model_functions(args.env):
+            raise CLIError(_no_model_functions(args.env, algo)) from None
         raise CLIError(_problems(e)) from None
     except Exception as e:  # a config file that does not run (syntax error, missing ENV...)
         raise CLIError(f"cannot load config {name!r}: {type(e).__name__}: {e}") from None
@@ -128,14 +157,36 @@ def build_config(args: argparse.Namespace):
     return config, stop
 
 
+def _check_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail at once, naming it, when nothing listens at ``--address`` HOST:PORT (or
+    ray://HOST:PORT): ``ray.init`` itself retries for minutes."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise CLIError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = (f"no answer within {timeout_s:g} s" if isinstance(e, TimeoutError)
+               else e.strerror or type(e).__name__)
+        raise CLIError(f"cannot reach a Ray cluster at --address {address} ({why}); start "
+                       "one first (`ray start --head`, `cluster/local.sh start`) or check the "
+                       "address") from None
+
+
 def _init_ray(address: str | None, verbose: bool = False) -> None:
-    """Local Ray (no dashboard) or a connection to ``address``; quiet unless ``verbose``."""
+    """Local Ray (no dashboard) or a connection to ``address`` (checked first: a clear error
+    instead of minutes of retries); quiet unless ``verbose``."""
     import ray
 
     from mbmpo_ray.reporting import quiet_ray
 
     if ray.is_initialized():
         return
+    _check_address(address)
     kwargs = quiet_ray(verbose)
     if address:
         ray.init(address=address, **kwargs)
@@ -161,50 +212,118 @@ _RUN_ARGS = ("algo", "config", "env", "variant", "set", "seed", "num_env_runners
              "stop_timesteps", "iterations")
 
 
+def _output_dir(args: argparse.Namespace, env_id: str | None = None) -> Path:
+    """The run directory as an absolute path (RLlib restores from absolute paths only):
+    --output, else ``runs/<env id>`` of ``env_id`` or of --config/--env."""
+    import tune_configs
+
+    if args.output is not None:
+        return Path(args.output).expanduser().absolute()
+    if env_id is None:
+        name = args.config or args.env
+        if name is None:
+            raise CLIError("--resume needs --output DIR, the run directory to continue (or "
+                           "the run's --config/--env, whose runs/<env id> it continues)")
+        try:
+            env_id = (args.env if args.env and not args.config else
+                      tune_configs.training_settings(name, args.variant, _algo(args))[0])
+        except (ValueError, FileNotFoundError, TypeError) as e:
+            raise CLIError(_problems(e)) from None
+        except Exception as e:  # a config file that does not run
+            raise CLIError(f"cannot load config {name!r}: {type(e).__name__}: {e}") from None
+    return Path("runs", env_id).absolute()
+
+
+def _restate_run(args: argparse.Namespace, out: Path) -> Path:
+    """The checkpoint ``--resume`` continues from in ``out``; the run's options (run.json)
+    restated in ``args`` where not given again."""
+    from mbmpo_ray.algorithm import rundir
+
+    ckpt = rundir.resume_checkpoint(out)
+    info = rundir.read_run_info(out)
+    run_algo = info.get("algo") or "mbmpo"  # runs from before --algo are MB-MPO's
+    if getattr(args, "algo", None) not in (None, run_algo):
+        raise CLIError(f"{out} is a {run_algo} run: resume it with --algo {run_algo} (or "
+                       "without --algo)")
+    args.algo = run_algo
+    restate = args.config is None and args.env is None
+    for key in _RUN_ARGS:
+        if key in info and (getattr(args, key) is None or
+                            (restate and key in ("variant", "set"))):
+            setattr(args, key, info[key])
+    return ckpt
+
+
 def _prepare_run(args: argparse.Namespace):
-    """Validated config, stop, run directory and the checkpoint to resume from (None: a new
-    run), all before Ray starts. A new run refuses a directory that holds a run unless
-    --overwrite; --resume restates the run's options from its run.json."""
-    from mbmpo_ray.algorithm import checkpoints as ck
+    """Validated config, stop, run directory (absolute) and the checkpoint to resume from
+    (None: a new run), all before Ray starts. A new run refuses a directory that holds a run
+    unless --overwrite; --resume restates the run's options from its run.json."""
+    from mbmpo_ray.algorithm import rundir
+    from mbmpo_ray.algorithm.checkpoints import read_manifest
 
     _check_counts(args, {"checkpoint_every": 0, "keep_checkpoints": 1})
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
         raise CLIError("--resume continues the run in --output, --overwrite starts it over: "
                        "give one of them")
-    ckpt = None
+    if args.output is not None and not args.output.strip():
+        raise CLIError("--output is empty: give the run directory, or leave --output out "
+                       "for runs/<env id>")
+    ckpt = out = None
     try:
         if resume:
-            if not args.output:
-                raise CLIError("--resume needs --output DIR, the run directory to continue")
-            ckpt = ck.resume_checkpoint(args.output)
-            info = ck.read_run_info(args.output)
-            run_algo = info.get("algo") or "mbmpo"  # runs from before --algo are MB-MPO's
-            if getattr(args, "algo", None) not in (None, run_algo):
-                raise CLIError(f"{args.output} is a {run_algo} run: resume it with --algo "
-                               f"{run_algo} (or without --algo)")
-            args.algo = run_algo
-            restate = args.config is None and args.env is None
-            for key in _RUN_ARGS:
-                if key in info and (getattr(args, key) is None or
-                                    (restate and key in ("variant", "set"))):
-                    setattr(args, key, info[key])
-    except ck.RunDirError as e:
+            out = _output_dir(args)
+            ckpt = _restate_run(args, out)
+    except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
     config, stop = build_config(args)
     if args.iterations is None and stop is None:
         raise CLIError("give --stop-timesteps N or --iterations N")
-    out = Path(args.output or f"runs/{config.model_env_id}")
+    if args.address is None and not os.environ.get("RAY_ADDRESS"):
+        _check_cpus(config, os.cpu_count() or 1, "this machine", args)
+    _check_address(args.address)  # before anything is written
+    out = out or _output_dir(args, config.model_env_id)
     try:
         if ckpt is None:
-            ck.prepare_new_run(out, overwrite=overwrite)
+            rundir.prepare_new_run(out, overwrite=overwrite)
             args.algo = _algo(args)
-            ck.write_run_info(out, {key: getattr(args, key, None) for key in _RUN_ARGS})
+            rundir.write_run_info(out, {key: getattr(args, key, None) for key in _RUN_ARGS})
         else:
-            ck.trim_progress(out, (ck.read_manifest(ckpt) or {}).get("iteration", 0))
-    except ck.RunDirError as e:
+            rundir.trim_progress(out, (read_manifest(ckpt) or {}).get("iteration", 0))
+    except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
     return config, stop, out, ckpt
+
+
+def _check_cpus(config, have: float, where: str, args: argparse.Namespace, *,
+                cluster: bool = False) -> None:
+    """Refuse a run whose Ray actors (env runners, remote learners, model trainers; outside
+    Tune the driver reserves no CPU) need more CPUs than ``have``: Ray would wait for them
+    forever. Says what to lower."""
+    if getattr(args, "no_cpu_check", False):
+        return
+    bundles = config.algo_class.default_resource_request(config).bundles
+    need = sum(b.get("CPU", 0.0) for b in bundles[1:])  # bundles[0]: the driver
+    if need <= have + 1e-9:
+        return
+    runners, per_runner = config.num_env_runners, config.num_cpus_per_env_runner
+    trainers = getattr(config, "num_model_trainers", 0)
+    per_trainer = getattr(config, "num_cpus_per_model_trainer", 0.0)
+    parts, lower = [], []
+    if runners and per_runner:
+        parts.append(f"{runners} env runners x {per_runner:g} CPU")
+        fit = int((have - (need - runners * per_runner)) // per_runner)
+        lower.append(f"--num-env-runners (to {fit} or less)" if fit >= 0 else
+                     "--num-env-runners")
+    if trainers and per_trainer:
+        parts.append(f"{trainers} model trainers x {per_trainer:g} CPU")
+        lower.append("--set num_model_trainers=N or --set num_cpus_per_model_trainer=X")
+    if need - runners * per_runner - trainers * per_trainer > 1e-9:
+        parts.append(f"{config.num_learners} learners")
+        lower.append("num_learners")
+    grow = "; on a cluster that adds nodes on demand, pass --no-cpu-check" if cluster else ""
+    raise CLIError(f"the run's Ray actors need {need:g} CPUs ({' + '.join(parts)}) but "
+                   f"{where} has {have:g}: lower {' or '.join(lower)}{grow}")
 
 
 def _finished(ckpt, stop: int | None, iterations: int | None) -> str | None:
@@ -285,6 +404,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         reporter.status("starting Ray")
         _init_ray(args.address, args.verbose)
+        import ray
+
+        _check_cpus(config, ray.cluster_resources().get("CPU", 0.0),
+                    f"the Ray cluster at {args.address}" if args.address else "the local Ray",
+                    args, cluster=bool(args.address))
         reporter.status("building the algorithm")
         algo = _build_or_restore(config, resume_from)
         if resume_from is not None:
@@ -313,6 +437,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             reporter.finish(run["status"], files={
                 "checkpoint": f"{ckpt}/   (mbmpo-ray evaluate {ckpt})"})
+    if run["status"] == "interrupted":  # not a finished run: say so in the exit status
+        print("mbmpo-ray train: interrupted (continue with --resume)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -324,7 +451,6 @@ def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
     (``pip install 'mbmpo-ray[video]'``, imageio-ffmpeg). Returns the number of frames.
     """
     import numpy as np
-    import torch
 
     from mbmpo_ray.envs import make_env
 
@@ -342,17 +468,9 @@ def record_video(algo, path: Path, render_mode: str, episodes: int = 1) -> int:
                            "(or write a .gif)") from None
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering
     cfg = algo.config
-    if hasattr(algo, "mbpo_counters"):  # MBPO: env-space mean action of its SAC policy
-        def act(obs):
-            return algo.policy_action(np.asarray(obs, dtype=np.float32), explore=False)
-    else:
-        module = algo.get_module()
-        params = module.policy_params()
+    def act(obs):  # the policy's env-space mean action (MB-MPO: the pre-update policy)
+        return algo.policy_action(np.asarray(obs, dtype=np.float32), explore=False)
 
-        def act(obs):
-            with torch.no_grad():
-                return module.policy.deterministic_action(
-                    params, torch.as_tensor(obs, dtype=torch.float32)).numpy()
     env = make_env(cfg.model_env_id, horizon=cfg.horizon, render_mode=render_mode)
     low, high = env.action_space.low, env.action_space.high
     frames = []
@@ -405,9 +523,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         res = algo.evaluate(num_episodes=args.episodes,
                             explore=False if args.mean_action else None)
-        mbpo = hasattr(algo, "mbpo_counters")
-        counters = algo.mbpo_counters if mbpo else algo.mbmpo_counters
-        iters, steps = algo.iteration, counters.get("real_steps", 0)
+        mbpo = algo.ALGO_NAME == "mbpo"
+        iters, steps = algo.iteration, algo.counters["real_steps"]
         env_id, K = algo.config.model_env_id, algo.config.ensemble_size
         # MBPO evaluates as its checkpoint's eval_explore says (default: the mean action)
         explore = res.get("explore", getattr(algo.config, "eval_explore", False))
@@ -421,8 +538,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else "the policy's mean action" + (" (--mean-action)" if args.mean_action else ""))
     print(f"{path}: {env_id} after {iters} iterations, {int(steps):,} real steps"
           + (" (MBPO)" if mbpo else ""))
-    if mbpo and args.mean_action and explore:
-        print("note: --mean-action is not applied to MBPO checkpoints with eval_explore=True")
     print(f"actions: {mode}; real-env returns:")
     label = "policy:" if mbpo else "pre-update policy:"
     print(f"{label} mean return {_spread(res['episode_returns'])}")
@@ -544,7 +659,8 @@ def _train_parser(sub) -> None:
                         "temporary directory and renamed into place, so a kill at any moment "
                         "leaves one)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its newest complete checkpoint "
+                   help="continue the run in --output (default: runs/<env id> of --config "
+                        "or --env) from its newest complete checkpoint "
                         "(progress.csv appended; the run's options are restated from its "
                         "run.json unless given again)")
     p.add_argument("--overwrite", action="store_true",
@@ -555,6 +671,10 @@ def _train_parser(sub) -> None:
                         "when the output is not a terminal)")
     p.add_argument("--list-settings", action="store_true",
                    help="print every --set key with its default and doc, then exit")
+    p.add_argument("--no-cpu-check", action="store_true",
+                   help="start even if the Ray cluster has fewer CPUs than the run's actors "
+                        "need, e.g. on a cluster that adds nodes on demand (default: refuse, "
+                        "saying what to lower)")
     p.set_defaults(func=cmd_train)
 
 

@@ -41,7 +41,9 @@ BAD_INPUTS = [
     ("unknown config", ["train", "--config", "nosuchenv", "--iterations", "1"],
      "unknown config 'nosuchenv'"),
     ("unknown env id", ["train", "--env", "NoSuchEnv-v0", "--iterations", "1"],
-     "unknown config"),
+     "--env NoSuchEnv-v0 is not a gymnasium env id"),
+    ("gymnasium env without model functions", ["train", "--env", "CartPole-v1"],
+     "mbmpo_ray.envs.register_model_functions"),
     ("env without model functions", [*P, "--env", "MountainCarContinuous-v0"],
      "register_model_functions"),
     ("no config", ["train", "--iterations", "1"], "give --config"),
@@ -93,7 +95,13 @@ BAD_INPUTS = [
      "no complete checkpoint"),
     ("resume and overwrite", [*P, "--output", "{run}", "--resume", "--overwrite"],
      "give one of them"),
-    ("resume without output", [*P, "--resume"], "--resume needs --output"),
+    ("resume without output or config", ["train", "--resume"], "--resume needs --output"),
+    ("empty output", [*P, "--iterations", "1", "--output", ""], "--output is empty"),
+    ("unreachable address", [*P, "--iterations", "1", "--address", "127.0.0.1:1",
+                             "--output", "{out}"],
+     "cannot reach a Ray cluster at --address 127.0.0.1:1"),
+    ("more env runners than CPUs", [*P, "--iterations", "1", "--num-env-runners", "64",
+                                    "--output", "{out}"], "lower --num-env-runners"),
     # evaluate
     ("evaluate missing checkpoint", ["evaluate", "{out}/nope"], "does not exist"),
     ("evaluate empty dir", ["evaluate", "{empty}"], "is empty"),
@@ -123,6 +131,26 @@ BAD_INPUTS = [
     ("no command", [], "required"),
     ("unknown command", ["fly"], "invalid choice"),
 ]
+
+
+# train cases of MB-MPO's own settings; every other train case runs with --algo mbmpo and mbpo
+MBMPO_ONLY = {"--set bad choice", "--set tasks not multiple of K", "--set negative lr",
+              "--set bool as word"}
+
+
+def _per_algo(cases):
+    """Each ``train`` case once per algorithm (``--algo`` after ``train``), the rest as is."""
+    out = []
+    for case, argv, expected in cases:
+        if argv[:1] != ["train"]:
+            out.append((case, argv, expected))
+            continue
+        for algo in ["mbmpo"] if case in MBMPO_ONLY else ["mbmpo", "mbpo"]:
+            out.append((f"{case} [{algo}]", ["train", "--algo", algo, *argv[1:]], expected))
+    return out
+
+
+BAD_INPUTS_PER_ALGO = _per_algo(BAD_INPUTS)
 
 
 @pytest.fixture
@@ -166,8 +194,12 @@ def run_main(argv, capsys):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, argv, expected", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_every_bad_input_gets_one_clear_line(case, argv, expected, bad_input_files, capsys):
+@pytest.mark.parametrize("case, argv, expected", BAD_INPUTS_PER_ALGO,
+                         ids=[c[0] for c in BAD_INPUTS_PER_ALGO])
+def test_every_bad_input_gets_one_clear_line(case, argv, expected, bad_input_files, capsys,
+                                             monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the CPU check's view of this machine
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = [a.format(**bad_input_files) for a in argv]
     code, err = run_main(argv, capsys)
     assert code not in (0, None), f"{case}: accepted"
@@ -370,3 +402,69 @@ def test_train_and_evaluate_mbpo(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "policy: mean return" in res.stdout and "adapted" not in res.stdout
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("algo", ["mbmpo", "mbpo"])
+def test_resume_with_the_default_relative_output(algo, tmp_path, monkeypatch, capsys):
+    """The default output runs/<env id> is relative: `--resume` failed in RLlib's
+    restore_from_path (`ArrowInvalid: URI has empty scheme`), and without --output it was
+    refused ("--resume needs --output DIR") right after "already holds a run ...; pass
+    --resume". The same command with --resume continues the run."""
+    monkeypatch.chdir(tmp_path)
+    cmd = ["train", "--algo", algo, "--config", "pendulum", "--variant", "smoke",
+           "--stop-timesteps", "100000", "--plain"]
+    assert main([*cmd, "--iterations", "1"]) == 0
+    code, err = run_main([*cmd, "--iterations", "2"], capsys)
+    assert code == 2 and "pass --resume" in err
+    assert main([*cmd, "--iterations", "2", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "Pendulum-v1" / "progress.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    # an explicit relative --output, resumed without restating the options
+    assert main(["train", "--output", "runs/Pendulum-v1", "--resume", "--iterations", "3",
+                 "--plain"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "Pendulum-v1" / "progress.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("algo", ["mbmpo", "mbpo"])
+def test_more_env_runners_than_the_ray_cluster_has(algo, tmp_path, monkeypatch, capsys):
+    """Checked against the Ray it runs on after ray.init (here the test's 2-CPU Ray on a
+    machine that looks bigger): a clear line instead of waiting forever for the actors."""
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    code, err = run_main(["train", "--algo", algo, "--config", "pendulum", "--variant",
+                          "smoke", "--iterations", "1", "--num-env-runners", "3",
+                          "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert ("need 3 CPUs (3 env runners x 1 CPU) but the local Ray has 2: lower "
+            "--num-env-runners (to 2 or less)") in err
+
+
+def test_ctrl_c_exits_130_and_keeps_the_checkpoint(tmp_path):
+    """A Ctrl-C'd `train` exited 0, like a finished one: now 130 (as `tune`), after saving
+    the checkpoint and the plot."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mbmpo_ray", "train", "--config", "pendulum", "--variant",
+         "smoke", "--iterations", "10000", "--stop-timesteps", "100000000", "--plain",
+         "--output", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "progress.csv").exists() and len(
+                    (out / "progress.csv").read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert (out / "checkpoint").resolve().is_dir()

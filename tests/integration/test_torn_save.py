@@ -17,6 +17,7 @@ import pytest
 
 import tune_configs
 from mbmpo_ray.algorithm import checkpoints as ck
+from mbmpo_ray.algorithm import rundir
 
 REPO = Path(__file__).resolve().parents[2]
 ray_local = pytest.mark.usefixtures("ray_local")
@@ -231,20 +232,20 @@ def test_incomplete_checkpoints_are_skipped_and_leftovers_removed(tmp_path):
 def test_progress_is_trimmed_to_the_checkpoint(tmp_path):
     (tmp_path / "progress.csv").write_text(
         "iteration,real_steps\n1,100\n2,200\n3,300\n4,4")  # 3 and 4: after the checkpoint
-    assert ck.trim_progress(tmp_path, 2) == 2
+    assert rundir.trim_progress(tmp_path, 2) == 2
     assert (tmp_path / "progress.csv").read_text().splitlines() == [
         "iteration,real_steps", "1,100", "2,200"]
 
 
 def test_new_run_directories(tmp_path):
     run = tmp_path / "run"
-    ck.prepare_new_run(run)
+    rundir.prepare_new_run(run)
     (run / "progress.csv").write_text("iteration\n1\n")
     ck.save_checkpoint(_writer(b"x"), run, 1)
     (run / "notes.txt").write_text("mine")
-    with pytest.raises(ck.RunDirError, match="--resume to continue it or --overwrite"):
-        ck.prepare_new_run(run)
-    ck.prepare_new_run(run, overwrite=True)  # deletes the run's files only
+    with pytest.raises(rundir.RunDirError, match="--resume to continue it or --overwrite"):
+        rundir.prepare_new_run(run)
+    rundir.prepare_new_run(run, overwrite=True)  # deletes the run's files only
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
-    with pytest.raises(ck.RunDirError, match="nothing to resume"):
-        ck.resume_checkpoint(run)
+    with pytest.raises(rundir.RunDirError, match="nothing to resume"):
+        rundir.resume_checkpoint(run)
