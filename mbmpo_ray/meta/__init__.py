@@ -21,12 +21,22 @@ Modules, by concern:
 * :mod:`~mbmpo_ray.meta.step` - :func:`meta_step` (one meta-policy step: inner loop, post-update
   sampling, outer step) and :func:`adapt_policies` (the adapted task policies after the meta
   steps).
+* :mod:`~mbmpo_ray.meta.hooks` - the phase hook (:data:`META_STEP_PHASES`, :func:`no_phase`)
+  and the tasks of a meta step split over N learners: :func:`task_range`,
+  :func:`task_mean_reduction`, :func:`torch_distributed_sum`.
 
 "Meta update" names only the whole meta phase of an iteration on the Learner; one outer
 optimisation step is an "outer step".
 """
 
 from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.hooks import (
+    META_STEP_PHASES,
+    no_phase,
+    task_mean_reduction,
+    task_range,
+    torch_distributed_sum,
+)
 from mbmpo_ray.meta.inner import (
     AdaptedTasks,
     TaskBatch,
@@ -46,6 +56,7 @@ from mbmpo_ray.meta.optim import (
     conjugate_gradient,
     make_gauss_newton_hvp,
     make_hvp,
+    surrogate_gradient,
     trpo_step,
 )
 from mbmpo_ray.meta.outer import (
@@ -71,6 +82,7 @@ from mbmpo_ray.meta.returns import (
 from mbmpo_ray.meta.step import adapt_policies, meta_step
 
 __all__ = [
+    "META_STEP_PHASES",
     "AdaptedTasks",
     "GaussianMLPPolicy",
     "LineSearchResult",
@@ -100,10 +112,15 @@ __all__ = [
     "masked_mean",
     "mean_kl",
     "meta_step",
+    "no_phase",
     "normalize_advantages",
     "outer_surrogate",
     "ppo_outer_step",
     "ppo_surrogate",
+    "surrogate_gradient",
+    "task_mean_reduction",
+    "task_range",
+    "torch_distributed_sum",
     "trpo_outer_step",
     "trpo_problem",
     "trpo_step",

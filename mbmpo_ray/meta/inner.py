@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mbmpo_ray.imagination import ImaginedBatch
 from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.hooks import PhaseFn, no_phase
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
 from mbmpo_ray.meta.returns import (
     LinearFeatureBaseline,
@@ -254,7 +255,8 @@ def sample_tasks(sample_fn: SampleFn, task_params: Params, num_tasks: int) -> Im
     raw = sample_fn(task_params)
     if raw.obs.shape[0] != num_tasks:
         raise ValueError(
-            f"sample_fn returned {raw.obs.shape[0]} tasks but config.num_tasks={num_tasks}"
+            f"sample_fn returned {raw.obs.shape[0]} tasks but {num_tasks} were expected "
+            "(config.num_tasks, or this learner's share of them)"
         )
     return raw
 
@@ -265,10 +267,13 @@ def adapt_tasks(
     sample_fn: SampleFn,
     config: MetaConfig,
     with_first_grads: bool = False,
+    *,
+    num_tasks: int | None = None,
+    phase: PhaseFn = no_phase,
 ) -> AdaptedTasks:
     """The inner loop: ``config.num_inner_steps`` times sample, estimate advantages, adapt.
 
-    Starts from ``theta`` expanded to ``config.num_tasks`` tasks. Every step calls
+    Starts from ``theta`` expanded to ``num_tasks`` tasks. Every step calls
     ``sample_fn`` with the current (detached) task params, fits the baselines
     (:func:`estimate_advantages`) and takes one first-order inner step (:func:`adapt`); the
     adapted params are detached (the outer step re-runs the inner steps on ``batches`` to
@@ -280,28 +285,35 @@ def adapt_tasks(
         config: a validated :class:`~mbmpo_ray.meta.config.MetaConfig`.
         with_first_grads: also return the per-task inner gradients of step 0 (computed even
             when ``inner_lr == 0``; the same single backward pass serves the step).
+        num_tasks: this learner's number of tasks (default ``config.num_tasks``: all).
+        phase: phase hook (:mod:`~mbmpo_ray.meta.hooks`): per step ``sample_pre``,
+            ``advantages_pre``, ``inner_gradient`` (step 0 with ``with_first_grads``), ``adapt``.
 
     Returns:
         :class:`AdaptedTasks` (T-batched adapted params, the ``num_inner_steps`` batches, ...).
     """
-    num_tasks, lr = config.num_tasks, config.inner_lr
+    num_tasks = config.num_tasks if num_tasks is None else num_tasks
     task_params = policy.expand_params(params, num_tasks)
     batches: list[TaskBatch] = []
     first_raw, grads0, t_sample = None, None, 0.0
     for k in range(config.num_inner_steps):
         ts = time.perf_counter()
-        raw = sample_tasks(sample_fn, task_params, num_tasks)
+        with phase("sample_pre"):
+            raw = sample_tasks(sample_fn, task_params, num_tasks)
         t_sample += time.perf_counter() - ts
-        tb = estimate_advantages(policy, task_params, raw, config.gamma, config.gae_lambda,
-                                 config.normalize_advantages, config.baseline_reg_coeff)
+        with phase("advantages_pre"):
+            tb = estimate_advantages(policy, task_params, raw, config.gamma, config.gae_lambda,
+                                     config.normalize_advantages, config.baseline_reg_coeff)
         batches.append(tb)
         gradients = None
         if k == 0:
             first_raw = raw
             if with_first_grads:
-                gradients = inner_gradients(policy, task_params, tb, create_graph=False)
+                with phase("inner_gradient"):
+                    gradients = inner_gradients(policy, task_params, tb, create_graph=False)
                 grads0 = gradients[1]
-        adapted = adapt(policy, task_params, tb, lr, first_order=True, batched_params=True,
-                        gradients=gradients)
+        with phase("adapt"):
+            adapted = adapt(policy, task_params, tb, config.inner_lr, first_order=True,
+                            batched_params=True, gradients=gradients)
         task_params = detach(adapted)
     return AdaptedTasks(task_params, batches, first_raw, grads0, t_sample)

@@ -9,6 +9,10 @@ All functions operate on flat 1-D parameter vectors:
 * :func:`backtracking_line_search` shrinks a proposed step until the surrogate improves and
   the KL constraint holds, restoring the starting point if no step qualifies;
 * :func:`trpo_step` combines them into one natural-gradient update.
+
+When the tasks are split over learners, the functions given are one learner's share and a
+``reduce`` (:mod:`~mbmpo_ray.meta.hooks`) combines the gradient, every Hessian-vector product
+and the line-search values across learners, so every learner takes the same step.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from mbmpo_ray.meta.hooks import PhaseFn, Reduce, identity, no_phase
 
 
 def conjugate_gradient(
@@ -57,7 +63,7 @@ def conjugate_gradient(
 
 
 def make_hvp(
-    fn: Callable[[Tensor], Tensor], x: Tensor, damping: float = 0.0
+    fn: Callable[[Tensor], Tensor], x: Tensor, damping: float = 0.0, reduce: Reduce = identity
 ) -> Callable[[Tensor], Tensor]:
     """Damped Hessian-vector product closure ``v -> (nabla^2 fn(x)) v + damping * v``.
 
@@ -69,6 +75,8 @@ def make_hvp(
         fn: scalar function of a flat parameter vector (for TRPO: the mean KL).
         x: point at which the Hessian is taken (1-D; copied and detached).
         damping: Tikhonov damping added to the product.
+        reduce: applied to each product before the damping is added, e.g. this learner's
+            share of the tasks -> all tasks (:func:`~mbmpo_ray.meta.hooks.task_mean_reduction`).
     """
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -77,7 +85,7 @@ def make_hvp(
     def hvp(v: Tensor) -> Tensor:
         with torch.enable_grad():
             (hv,) = torch.autograd.grad(grad, x, grad_outputs=v.detach(), retain_graph=True)
-        return hv.detach() + damping * v
+        return reduce(hv.detach()) + damping * v
 
     return hvp
 
@@ -87,6 +95,7 @@ def make_gauss_newton_hvp(
     outer_fn: Callable[[Tensor], Tensor],
     x: Tensor,
     damping: float = 0.0,
+    reduce: Reduce = identity,
 ) -> Callable[[Tensor], Tensor]:
     """Gauss-Newton product ``v -> J^T (nabla^2 outer(y)) J v + damping * v`` at ``x``.
 
@@ -103,6 +112,7 @@ def make_gauss_newton_hvp(
         inner_fn: ``x -> y`` (any output shape), e.g. the adapted parameters ``theta'(theta)``.
         outer_fn: scalar function of ``y``, e.g. the mean KL from the old adapted policies.
         x: point of evaluation (1-D; copied and detached). damping: added ``damping * v``.
+        reduce: applied to each product before the damping (as in :func:`make_hvp`).
     """
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -117,7 +127,7 @@ def make_gauss_newton_hvp(
             (jv,) = torch.autograd.grad(jt_dummy, dummy, grad_outputs=v.detach(), retain_graph=True)
             (hjv,) = torch.autograd.grad(grad_y, y_leaf, grad_outputs=jv, retain_graph=True)
             (out,) = torch.autograd.grad(y, x, grad_outputs=hjv, retain_graph=True)
-        return out.detach() + damping * v
+        return reduce(out.detach()) + damping * v
 
     return hvp
 
@@ -188,6 +198,21 @@ class TRPOInfo:
     step_fraction: float
 
 
+def surrogate_gradient(
+    surrogate_fn: Callable[[Tensor], Tensor], x0: Tensor, reduce: Reduce = identity
+) -> tuple[float, Tensor]:
+    """``(L(x0), grad L(x0))`` of a surrogate, each passed through ``reduce`` (as one vector:
+    the gradient and the value, so one collective when the tasks are split over learners)."""
+    x = x0.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        surr_t = surrogate_fn(x)
+        (grad,) = torch.autograd.grad(surr_t, x)
+    if reduce is identity:
+        return float(surr_t.detach()), grad.detach()
+    both = reduce(torch.cat([grad.detach(), surr_t.detach().reshape(1).to(grad.dtype)]))
+    return float(both[-1]), both[:-1]
+
+
 def trpo_step(
     x0: Tensor,
     surrogate_fn: Callable[[Tensor], Tensor],
@@ -199,6 +224,9 @@ def trpo_step(
     ls_max_steps: int = 15,
     eval_fn: Callable[[Tensor], tuple[float, float]] | None = None,
     hvp: Callable[[Tensor], Tensor] | None = None,
+    *,
+    reduce: Reduce = identity,
+    phase: PhaseFn = no_phase,
 ) -> tuple[Tensor, TRPOInfo]:
     """One TRPO update maximising ``surrogate_fn`` s.t. ``kl_fn <= max_kl``.
 
@@ -213,51 +241,50 @@ def trpo_step(
         cg_iters, cg_damping: conjugate-gradient iterations and damping.
         ls_ratio, ls_max_steps: line-search shrink factor and number of candidates.
         eval_fn: optional cheaper ``x -> (surrogate, kl)`` for the line search; it must return
-            the same values (e.g. one first-order inner step shared by both, without the
-            second-order graph). Default: ``surrogate_fn`` and ``kl_fn``.
+            the same (reduced) values (e.g. one first-order inner step shared by both, without
+            the second-order graph). Default: ``surrogate_fn`` and ``kl_fn``, reduced.
         hvp: optional ready-made damped KL Hessian-vector product at ``x0`` (e.g. from
-            :func:`make_gauss_newton_hvp`); default ``make_hvp(kl_fn, x0, cg_damping)``.
+            :func:`make_gauss_newton_hvp`, built with the same ``reduce``); default
+            ``make_hvp(kl_fn, x0, cg_damping, reduce)``.
+        reduce: ``surrogate_fn`` and ``kl_fn`` are one learner's share (mean over its tasks);
+            ``reduce`` makes the mean over all tasks of the gradient and the surrogate (and of
+            the default ``hvp`` / ``eval_fn``), see :mod:`~mbmpo_ray.meta.hooks`. Identity:
+            one learner.
+        phase: phase hook (:mod:`~mbmpo_ray.meta.hooks`): ``outer_gradient``, ``cg``,
+            ``step_size``, ``line_search`` (and ``hvp_setup`` when ``hvp`` is built here).
 
     Returns:
         ``(x_new, info)``; ``x_new`` equals ``x0`` when the line search rejects every step.
     """
     x0 = x0.detach()
-    x = x0.clone().requires_grad_(True)
-    with torch.enable_grad():
-        surr0_t = surrogate_fn(x)
-        (grad,) = torch.autograd.grad(surr0_t, x)
-    surr0 = float(surr0_t.detach())
-    grad = grad.detach()
+    with phase("outer_gradient"):
+        surr0, grad = surrogate_gradient(surrogate_fn, x0, reduce)
     grad_norm = float(grad.norm())
+    rejected = TRPOInfo(surr0, surr0, 0.0, grad_norm, 0.0, False, 0, 0.0)
     if not math.isfinite(grad_norm) or grad_norm == 0.0:
-        info = TRPOInfo(surr0, surr0, 0.0, grad_norm, 0.0, False, 0, 0.0)
-        return x0.clone(), info
+        return x0.clone(), rejected
     if hvp is None:
-        hvp = make_hvp(kl_fn, x0, damping=cg_damping)
-    direction = conjugate_gradient(hvp, grad, iters=cg_iters)
-    shs = float(torch.dot(direction, hvp(direction)))
+        with phase("hvp_setup"):
+            hvp = make_hvp(kl_fn, x0, damping=cg_damping, reduce=reduce)
+    with phase("cg"):
+        direction = conjugate_gradient(hvp, grad, iters=cg_iters)
+    with phase("step_size"):
+        shs = float(torch.dot(direction, hvp(direction)))
     if not math.isfinite(shs) or shs <= 0.0:
-        info = TRPOInfo(surr0, surr0, 0.0, grad_norm, 0.0, False, 0, 0.0)
-        return x0.clone(), info
+        return x0.clone(), rejected
     step_size = math.sqrt(2.0 * max_kl / shs)
     full_step = step_size * direction
 
     if eval_fn is None:
 
         def eval_fn(xc: Tensor) -> tuple[float, float]:
-            return float(surrogate_fn(xc).detach()), float(kl_fn(xc).detach())
+            both = reduce(torch.stack([surrogate_fn(xc).detach(), kl_fn(xc).detach()]))
+            return float(both[0]), float(both[1])
 
-    res = backtracking_line_search(
-        eval_fn, x0, full_step, surr0, max_kl, ratio=ls_ratio, max_steps=ls_max_steps
-    )
-    info = TRPOInfo(
-        surrogate_before=surr0,
-        surrogate_after=res.objective,
-        kl_after=res.constraint,
-        grad_norm=grad_norm,
-        step_size=step_size,
-        accepted=res.accepted,
-        ls_steps=res.num_steps,
-        step_fraction=res.step_fraction,
-    )
+    with phase("line_search"):
+        res = backtracking_line_search(
+            eval_fn, x0, full_step, surr0, max_kl, ratio=ls_ratio, max_steps=ls_max_steps
+        )
+    info = TRPOInfo(surr0, res.objective, res.constraint, grad_norm, step_size, res.accepted,
+                    res.num_steps, res.step_fraction)
     return res.x, info

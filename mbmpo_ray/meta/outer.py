@@ -8,6 +8,10 @@ differentiating THROUGH the inner step(s) :func:`~mbmpo_ray.meta.inner.adapt_ste
 order unless ``first_order``). :func:`trpo_outer_step` (the paper's choice) takes a natural
 gradient step in a KL trust region on the post-update policies; :func:`ppo_outer_step` takes
 a few Adam steps on the clipped surrogate. Tensors are task-batched (leading axis ``T``).
+
+Split over learners, each learner passes its tasks' batches and a ``reduce`` (mean over its
+tasks -> mean over all tasks, :func:`~mbmpo_ray.meta.hooks.task_mean_reduction`) that combines
+the outer gradient, every KL Hessian-vector product and the line-search values.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor
 
 from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.hooks import PhaseFn, Reduce, identity, no_phase
 from mbmpo_ray.meta.inner import Params, TaskBatch, adapt_steps, detach
 from mbmpo_ray.meta.optim import TRPOInfo, make_gauss_newton_hvp, make_hvp, trpo_step
 from mbmpo_ray.meta.policy import GaussianMLPPolicy
@@ -76,7 +81,8 @@ class TRPOProblem:
             ``config.first_order``).
         kl: ``x -> mean_kl(theta'(theta0) || theta'(x))`` on the post-update states.
         evaluate: line-search values ``x -> (surrogate, kl)`` as floats: one first-order
-            inner step (the same values) shared by both, without a graph.
+            inner step (the same values) shared by both, without a graph; reduced over the
+            learners (``surrogate`` and ``kl`` are this learner's share).
     """
 
     theta0: Tensor
@@ -92,9 +98,11 @@ def trpo_problem(
     pre_batches: Sequence[TaskBatch],
     post_batch: TaskBatch,
     config: MetaConfig,
+    reduce: Reduce = identity,
 ) -> TRPOProblem:
     """The closures of :func:`trpo_outer_step`: they re-run :func:`adapt_steps` on the
-    PRE-update batches so that ``theta'_t`` is a function of ``theta``."""
+    PRE-update batches so that ``theta'_t`` is a function of ``theta``. ``reduce`` combines
+    the two values of ``evaluate`` across learners (one collective per candidate)."""
     lr = config.inner_lr
     theta0 = policy.flatten(params).detach()
     old = detach(adapt_steps(policy, policy.unflatten(theta0), pre_batches, lr, True))
@@ -113,7 +121,11 @@ def trpo_problem(
     def evaluate(x: Tensor) -> tuple[float, float]:
         new = task_params_of(x, True)
         surr = outer_surrogate(policy, new, post_batch)
-        return float(surr), float(mean_kl(policy, old, new, post_batch.obs, post_batch.mask))
+        kl_new = mean_kl(policy, old, new, post_batch.obs, post_batch.mask)
+        if reduce is identity:
+            return float(surr), float(kl_new)
+        both = reduce(torch.stack([surr, kl_new]))
+        return float(both[0]), float(both[1])
 
     return TRPOProblem(theta0, old, surrogate, kl, evaluate)
 
@@ -124,13 +136,15 @@ def kl_hvp(
     pre_batches: Sequence[TaskBatch],
     post_batch: TaskBatch,
     config: MetaConfig,
+    reduce: Reduce = identity,
 ) -> Callable[[Tensor], Tensor]:
     """Damped KL Hessian-vector product ``v -> (H + cg_damping I) v`` at ``problem.theta0``.
 
     ``H`` is the Hessian of the mean KL between the post-update policies, per
     ``config.hvp_method`` (see :class:`~mbmpo_ray.meta.config.MetaConfig`), on every
     ``config.hvp_subsample``-th rollout of each task (pre- and post-update batches). The
-    graphs are built here, once; each product is one more backward pass.
+    graphs are built here, once; each product is one more backward pass, combined across
+    learners by ``reduce`` before the damping is added.
     """
     lr, k = config.inner_lr, config.hvp_subsample
     theta0 = problem.theta0
@@ -153,8 +167,10 @@ def kl_hvp(
             lambda y: kl_from_old(policy.unflatten(y, batched=True)),
             theta0,
             damping=config.cg_damping,
+            reduce=reduce,
         )
-    return make_hvp(lambda x: kl_from_old(adapted(x)), theta0, damping=config.cg_damping)
+    return make_hvp(lambda x: kl_from_old(adapted(x)), theta0, damping=config.cg_damping,
+                    reduce=reduce)
 
 
 def trpo_diagnostics(info: TRPOInfo) -> dict[str, float]:
@@ -177,6 +193,9 @@ def trpo_outer_step(
     pre_batches: Sequence[TaskBatch],
     post_batch: TaskBatch,
     config: MetaConfig,
+    *,
+    reduce: Reduce = identity,
+    phase: PhaseFn = no_phase,
 ) -> tuple[Params, dict[str, float]]:
     """TRPO outer step on :func:`outer_surrogate` with the gradient through the inner step(s).
 
@@ -188,14 +207,20 @@ def trpo_outer_step(
     Args:
         params: unbatched meta-parameters ``theta``. pre_batches: the pre-update batch of
             every inner step (leading axis T). post_batch: trajectories of the adapted policies.
+        reduce: the batches are this learner's tasks; ``reduce`` makes a mean over them the
+            mean over all tasks (gradient, every HVP, line-search values). Identity: one
+            learner holding all tasks.
+        phase: phase hook: ``outer_setup``, ``hvp_setup``, then :func:`trpo_step`'s phases.
 
     Returns:
         ``(new_params, info)``; ``new_params`` equal ``params`` if the line search rejects.
         ``info``: ``surrogate_before/after``, ``kl_after``, ``outer_grad_norm``,
         ``trpo_step_size``, ``ls_steps``, ``ls_accepted`` (1.0/0.0), ``ls_step_fraction``.
     """
-    problem = trpo_problem(policy, params, pre_batches, post_batch, config)
-    hvp = kl_hvp(policy, problem, pre_batches, post_batch, config)
+    with phase("outer_setup"):
+        problem = trpo_problem(policy, params, pre_batches, post_batch, config, reduce)
+    with phase("hvp_setup"):
+        hvp = kl_hvp(policy, problem, pre_batches, post_batch, config, reduce)
     x_new, info = trpo_step(
         problem.theta0,
         problem.surrogate,
@@ -207,52 +232,70 @@ def trpo_outer_step(
         ls_max_steps=config.ls_max_steps,
         eval_fn=problem.evaluate,
         hvp=hvp,
+        reduce=reduce,
+        phase=phase,
     )
     new_params = {k: v.detach().clone() for k, v in policy.unflatten(x_new).items()}
     return new_params, trpo_diagnostics(info)
 
 
 # ---------------------------------------------------------------------------------------- PPO
+def reduce_grads(params: Params, reduce: Reduce) -> None:
+    """Replace every ``p.grad`` of ``params`` by its reduction (one collective for all)."""
+    if reduce is identity:
+        return
+    flat = reduce(torch.cat([p.grad.reshape(-1) for p in params.values()]))
+    for p, g in zip(params.values(), flat.split([p.numel() for p in params.values()]),
+                    strict=True):
+        p.grad.copy_(g.view_as(p.grad))
+
+
 def ppo_outer_step(
     policy: GaussianMLPPolicy,
     params: Params,
     pre_batches: Sequence[TaskBatch],
     post_batch: TaskBatch,
     config: MetaConfig,
+    *,
+    reduce: Reduce = identity,
+    phase: PhaseFn = no_phase,
 ) -> tuple[Params, dict[str, float]]:
     """PPO-clip outer step: ``ppo_epochs`` full-batch Adam steps on ``theta``.
 
     Each epoch re-runs :func:`adapt_steps` so the gradient flows through the inner step. A
     fresh Adam state is used per call (no state is carried between meta steps). Arguments
     and the returned ``(new_params, info)`` as in :func:`trpo_outer_step` (``ls_steps`` 0,
-    ``ls_accepted`` 1, no step size).
+    ``ls_accepted`` 1, no step size); ``reduce`` combines each epoch's gradient and the
+    surrogate / KL values; one phase ``outer_ppo``.
     """
     lr = config.inner_lr
-    theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    old_task_params = detach(adapt_steps(policy, detach(params), pre_batches, lr, True))
-    opt = torch.optim.Adam(list(theta.values()), lr=config.ppo_lr)
-    with torch.no_grad():
-        surr_before = float(outer_surrogate(policy, old_task_params, post_batch))
-    grad_norm = 0.0
-    for epoch in range(config.ppo_epochs):
-        task_params = adapt_steps(policy, theta, pre_batches, lr, config.first_order)
-        loss = -ppo_surrogate(policy, task_params, post_batch, config.ppo_clip)
-        opt.zero_grad()
-        loss.backward()
-        if epoch == 0:
-            grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in theta.values()))
-        opt.step()
-    new_params = {k: v.detach().clone() for k, v in theta.items()}
-    new_task_params = detach(adapt_steps(policy, new_params, pre_batches, lr, True))
-    with torch.no_grad():
-        surr_after = float(outer_surrogate(policy, new_task_params, post_batch))
-        kl_after = float(
-            mean_kl(policy, old_task_params, new_task_params, post_batch.obs, post_batch.mask)
-        )
+    with phase("outer_ppo"):
+        theta = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        old_task_params = detach(adapt_steps(policy, detach(params), pre_batches, lr, True))
+        opt = torch.optim.Adam(list(theta.values()), lr=config.ppo_lr)
+        with torch.no_grad():
+            surr_before = float(reduce(outer_surrogate(policy, old_task_params, post_batch)))
+        grad_norm = 0.0
+        for epoch in range(config.ppo_epochs):
+            task_params = adapt_steps(policy, theta, pre_batches, lr, config.first_order)
+            loss = -ppo_surrogate(policy, task_params, post_batch, config.ppo_clip)
+            opt.zero_grad()
+            loss.backward()
+            reduce_grads(theta, reduce)
+            if epoch == 0:
+                grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in theta.values()))
+            opt.step()
+        new_params = {k: v.detach().clone() for k, v in theta.items()}
+        new_task_params = detach(adapt_steps(policy, new_params, pre_batches, lr, True))
+        with torch.no_grad():
+            after = reduce(torch.stack([
+                outer_surrogate(policy, new_task_params, post_batch),
+                mean_kl(policy, old_task_params, new_task_params, post_batch.obs,
+                        post_batch.mask)]))
     return new_params, {
         "surrogate_before": surr_before,
-        "surrogate_after": surr_after,
-        "kl_after": kl_after,
+        "surrogate_after": float(after[0]),
+        "kl_after": float(after[1]),
         "outer_grad_norm": grad_norm,
         "ls_steps": 0.0,
         "ls_accepted": 1.0,

@@ -3,6 +3,8 @@
 :func:`meta_step` composes the inner loop (:func:`~mbmpo_ray.meta.inner.adapt_tasks`) and the
 outer step (:mod:`mbmpo_ray.meta.outer`); :func:`adapt_policies` runs the same inner loop once
 more after the meta steps to get the adapted task policies ``theta'_t`` that collect real data.
+Both can run on a share of the tasks, one learner of N (:mod:`mbmpo_ray.meta.hooks`), and
+:func:`meta_step` reports its pieces through a phase hook.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import torch
 
 from mbmpo_ray.imagination import ImaginedBatch, task_members
 from mbmpo_ray.meta.config import MetaConfig
+from mbmpo_ray.meta.hooks import (
+    AllReduce,
+    PhaseFn,
+    Reduce,
+    identity,
+    no_phase,
+    task_mean_reduction,
+)
 from mbmpo_ray.meta.inner import (
     AdaptedTasks,
     Params,
@@ -41,6 +51,10 @@ def meta_step(
     config: MetaConfig,
     ensemble_size: int | None = None,
     disagreement_fn: DisagreementFn | None = None,
+    *,
+    tasks: range | None = None,
+    all_reduce: AllReduce | None = None,
+    phase: PhaseFn = no_phase,
 ) -> tuple[Params, Diagnostics]:
     """One MB-MPO meta-policy step over ``config.num_tasks`` tasks.
 
@@ -53,12 +67,25 @@ def meta_step(
     Args:
         policy: architecture. params: unbatched meta-parameters ``theta``.
         sample_fn: ``sample_fn(task_params) -> ImaginedBatch`` with T-batched params (leading
-            axis ``config.num_tasks``); usually wraps :func:`mbmpo_ray.imagination.imagine`.
+            axis ``config.num_tasks``, or ``len(tasks)``); usually wraps
+            :func:`mbmpo_ray.imagination.imagine`.
         config: :class:`~mbmpo_ray.meta.config.MetaConfig` (validated here).
         ensemble_size: K, only to report the task -> member mapping
             (:func:`mbmpo_ray.imagination.task_members`, which also checks it).
         disagreement_fn: if given, also report :func:`plasticity` (the inner step's policy
             change against this ensemble disagreement on the visited states).
+        tasks: this learner's tasks when the T tasks are split over learners
+            (:func:`~mbmpo_ray.meta.hooks.task_range`); ``sample_fn`` then samples exactly these
+            tasks (task ``tasks[i]`` at index i, its own ensemble member and random stream).
+            Default ``range(config.num_tasks)``: all.
+        all_reduce: sums a tensor over the learners (e.g.
+            :func:`~mbmpo_ray.meta.hooks.torch_distributed_sum`); it combines the outer
+            gradient, every CG Hessian-vector product and the line-search surrogate and KL, so
+            every learner takes the same step (see :mod:`~mbmpo_ray.meta.hooks`). Every learner
+            must call ``meta_step`` with the same ``params`` and ``config``. Needed when
+            ``tasks`` is not all tasks.
+        phase: ``phase(name)`` -> context manager around each piece, in the order of
+            :data:`~mbmpo_ray.meta.hooks.META_STEP_PHASES` (timing; default: no-op).
 
     Returns:
         ``(new_params, diagnostics)``. Diagnostics: ``pre_return_per_task`` /
@@ -68,29 +95,43 @@ def meta_step(
         (TRPO only), ``outer_grad_norm``, ``inner_grad_norm`` (mean over tasks
         of the first inner step) and ``inner_grad_norm_per_task``, ``baseline_ev_pre/post``,
         ``policy_std_mean``, ``entropy``, ``task_members`` (if ``ensemble_size``) and
-        ``time_sample`` / ``time_optimize`` seconds.
+        ``time_sample`` / ``time_optimize`` seconds. Split over learners, the per-task arrays,
+        ``baseline_ev_*``, ``plasticity_*`` and ``task_members`` are this learner's tasks;
+        the ``*_mean`` values, ``adaptation_gain``, ``inner_grad_norm`` and the outer step's
+        values are over all tasks (the same on every learner).
     """
     config.validate()
+    tasks = range(config.num_tasks) if tasks is None else tasks
+    reduce = task_mean_reduction(all_reduce, len(tasks), config.num_tasks)
     diag: Diagnostics = {}
     if ensemble_size is not None:
-        diag["task_members"] = task_members(config.num_tasks, ensemble_size).numpy()
+        diag["task_members"] = task_members(config.num_tasks, ensemble_size)[
+            tasks.start:tasks.stop:tasks.step].numpy()
     params = detach(params)
     t0 = time.perf_counter()
-    inner = adapt_tasks(policy, params, sample_fn, config, with_first_grads=True)
-    diag.update(_pre_update_diagnostics(inner))
+    inner = adapt_tasks(policy, params, sample_fn, config, with_first_grads=True,
+                        num_tasks=len(tasks), phase=phase)
+    with phase("diagnostics_pre"):
+        diag.update(_pre_update_diagnostics(inner))
     if disagreement_fn is not None:
-        diag.update(plasticity(policy, params, inner.task_params, inner.first_raw,
-                               disagreement_fn))
+        with phase("plasticity"):
+            diag.update(plasticity(policy, params, inner.task_params, inner.first_raw,
+                                   disagreement_fn))
     ts = time.perf_counter()
-    raw_post = sample_tasks(sample_fn, inner.task_params, config.num_tasks)
+    with phase("sample_post"):
+        raw_post = sample_tasks(sample_fn, inner.task_params, len(tasks))
     t_sample = inner.sample_seconds + time.perf_counter() - ts
-    post = estimate_advantages(policy, inner.task_params, raw_post, config.gamma,
-                               config.gae_lambda, config.normalize_advantages,
-                               config.baseline_reg_coeff)
-    diag.update(_post_update_diagnostics(raw_post, post, float(diag["pre_return_mean"])))
+    with phase("advantages_post"):
+        post = estimate_advantages(policy, inner.task_params, raw_post, config.gamma,
+                                   config.gae_lambda, config.normalize_advantages,
+                                   config.baseline_reg_coeff)
+    with phase("diagnostics_post"):
+        diag.update(_post_update_diagnostics(raw_post, post, float(diag["pre_return_mean"])))
+        _reduce_task_means(diag, reduce)
 
     outer_step = trpo_outer_step if config.outer_optimizer == "trpo" else ppo_outer_step
-    new_params, info = outer_step(policy, params, inner.batches, post, config)
+    new_params, info = outer_step(policy, params, inner.batches, post, config,
+                                  reduce=reduce, phase=phase)
     diag.update(info)
     diag["policy_std_mean"] = float(new_params["log_std"].exp().mean())
     diag["entropy"] = float(policy.entropy(new_params))
@@ -104,6 +145,8 @@ def adapt_policies(
     params: Params,
     sample_fn: SampleFn,
     config: MetaConfig,
+    *,
+    tasks: range | None = None,
 ) -> Params:
     """The adapted task policies ``theta'_t`` of ``theta`` (e.g. after the meta steps).
 
@@ -113,13 +156,16 @@ def adapt_policies(
     Args:
         policy: architecture. params: unbatched ``theta``.
         sample_fn, config: as in :func:`meta_step` (``config`` is validated here).
+        tasks: this learner's tasks (as in :func:`meta_step`; no collective is needed: every
+            task adapts on its own data). Default: all ``config.num_tasks``.
 
     Returns:
-        Detached T-batched params (leading axis ``config.num_tasks``); with
+        Detached T-batched params (leading axis ``config.num_tasks``, or ``len(tasks)``); with
         ``inner_lr = 0`` every task gets ``theta``.
     """
     config.validate()
-    return adapt_tasks(policy, detach(params), sample_fn, config).task_params
+    num_tasks = config.num_tasks if tasks is None else len(tasks)
+    return adapt_tasks(policy, detach(params), sample_fn, config, num_tasks=num_tasks).task_params
 
 
 def plasticity(
@@ -162,6 +208,15 @@ def plasticity(
         out[f"plasticity_kl_bin{i}"] = float(kl[part].mean())
         out[f"plasticity_disagreement_bin{i}"] = float(dis[part].mean())
     return out
+
+
+def _reduce_task_means(diag: Diagnostics, reduce: Reduce) -> None:
+    """Make the task means of ``diag`` means over all tasks (in place; one collective)."""
+    if reduce is identity:
+        return
+    keys = ("pre_return_mean", "post_return_mean", "adaptation_gain", "inner_grad_norm")
+    means = reduce(torch.tensor([float(diag[k]) for k in keys], dtype=torch.float64))
+    diag.update({k: float(v) for k, v in zip(keys, means, strict=True)})
 
 
 def _pre_update_diagnostics(inner: AdaptedTasks) -> Diagnostics:
