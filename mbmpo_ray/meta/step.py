@@ -67,23 +67,17 @@ def meta_step(
     Args:
         policy: architecture. params: unbatched meta-parameters ``theta``.
         sample_fn: ``sample_fn(task_params) -> ImaginedBatch`` with T-batched params (leading
-            axis ``config.num_tasks``, or ``len(tasks)``); usually wraps
-            :func:`mbmpo_ray.imagination.imagine`.
+            axis T, or ``len(tasks)``); usually wraps :func:`mbmpo_ray.imagination.imagine`.
         config: :class:`~mbmpo_ray.meta.config.MetaConfig` (validated here).
         ensemble_size: K, only to report the task -> member mapping
             (:func:`mbmpo_ray.imagination.task_members`, which also checks it).
         disagreement_fn: if given, also report :func:`plasticity` (the inner step's policy
             change against this ensemble disagreement on the visited states).
-        tasks: this learner's tasks when the T tasks are split over learners
-            (:func:`~mbmpo_ray.meta.hooks.task_range`); ``sample_fn`` then samples exactly these
-            tasks (task ``tasks[i]`` at index i, its own ensemble member and random stream).
-            Default ``range(config.num_tasks)``: all.
-        all_reduce: sums a tensor over the learners (e.g.
-            :func:`~mbmpo_ray.meta.hooks.torch_distributed_sum`); it combines the outer
-            gradient, every CG Hessian-vector product and the line-search surrogate and KL, so
-            every learner takes the same step (see :mod:`~mbmpo_ray.meta.hooks`). Every learner
-            must call ``meta_step`` with the same ``params`` and ``config``. Needed when
-            ``tasks`` is not all tasks.
+        tasks: this learner's share of the T tasks (:func:`~mbmpo_ray.meta.hooks.task_range`;
+            ``sample_fn`` samples task ``tasks[i]`` at index i). Default: all tasks.
+        all_reduce: sums a tensor over the learners (:mod:`~mbmpo_ray.meta.hooks`); it
+            combines the outer gradient, every CG Hessian-vector product and the line-search
+            values, so every learner (same ``params`` and ``config``) takes the same step.
         phase: ``phase(name)`` -> context manager around each piece, in the order of
             :data:`~mbmpo_ray.meta.hooks.META_STEP_PHASES` (timing; default: no-op).
 
@@ -95,18 +89,16 @@ def meta_step(
         (TRPO only), ``outer_grad_norm``, ``inner_grad_norm`` (mean over tasks
         of the first inner step) and ``inner_grad_norm_per_task``, ``baseline_ev_pre/post``,
         ``policy_std_mean``, ``entropy``, ``task_members`` (if ``ensemble_size``) and
-        ``time_sample`` / ``time_optimize`` seconds. Split over learners, the per-task arrays,
-        ``baseline_ev_*``, ``plasticity_*`` and ``task_members`` are this learner's tasks;
-        the ``*_mean`` values, ``adaptation_gain``, ``inner_grad_norm`` and the outer step's
-        values are over all tasks (the same on every learner).
+        ``time_sample`` / ``time_optimize`` seconds. With ``tasks``, the per-task arrays,
+        ``baseline_ev_*``, ``plasticity_*``, ``task_members`` are this learner's; the rest
+        (``*_mean``, ``adaptation_gain``, ``inner_grad_norm``, outer step) all tasks'.
     """
     config.validate()
     tasks = range(config.num_tasks) if tasks is None else tasks
     reduce = task_mean_reduction(all_reduce, len(tasks), config.num_tasks)
     diag: Diagnostics = {}
     if ensemble_size is not None:
-        diag["task_members"] = task_members(config.num_tasks, ensemble_size)[
-            tasks.start:tasks.stop:tasks.step].numpy()
+        diag["task_members"] = task_members(config.num_tasks, ensemble_size).numpy()[tasks]
     params = detach(params)
     t0 = time.perf_counter()
     inner = adapt_tasks(policy, params, sample_fn, config, with_first_grads=True,
@@ -117,14 +109,7 @@ def meta_step(
         with phase("plasticity"):
             diag.update(plasticity(policy, params, inner.task_params, inner.first_raw,
                                    disagreement_fn))
-    ts = time.perf_counter()
-    with phase("sample_post"):
-        raw_post = sample_tasks(sample_fn, inner.task_params, len(tasks))
-    t_sample = inner.sample_seconds + time.perf_counter() - ts
-    with phase("advantages_post"):
-        post = estimate_advantages(policy, inner.task_params, raw_post, config.gamma,
-                                   config.gae_lambda, config.normalize_advantages,
-                                   config.baseline_reg_coeff)
+    raw_post, post, t_sample = _sample_post_update(policy, inner, sample_fn, config, phase)
     with phase("diagnostics_post"):
         diag.update(_post_update_diagnostics(raw_post, post, float(diag["pre_return_mean"])))
         _reduce_task_means(diag, reduce)
@@ -208,6 +193,28 @@ def plasticity(
         out[f"plasticity_kl_bin{i}"] = float(kl[part].mean())
         out[f"plasticity_disagreement_bin{i}"] = float(dis[part].mean())
     return out
+
+
+def _sample_post_update(
+    policy: GaussianMLPPolicy,
+    inner: AdaptedTasks,
+    sample_fn: SampleFn,
+    config: MetaConfig,
+    phase: PhaseFn,
+) -> tuple[ImaginedBatch, TaskBatch, float]:
+    """Trajectories of the adapted task params, their advantages and the time spent in
+    ``sample_fn`` (pre- and post-update)."""
+    task_params = inner.task_params
+    num_tasks = task_params[next(iter(task_params))].shape[0]
+    ts = time.perf_counter()
+    with phase("sample_post"):
+        raw_post = sample_tasks(sample_fn, task_params, num_tasks)
+    t_sample = inner.sample_seconds + time.perf_counter() - ts
+    with phase("advantages_post"):
+        post = estimate_advantages(policy, task_params, raw_post, config.gamma,
+                                   config.gae_lambda, config.normalize_advantages,
+                                   config.baseline_reg_coeff)
+    return raw_post, post, t_sample
 
 
 def _reduce_task_means(diag: Diagnostics, reduce: Reduce) -> None:
