@@ -21,11 +21,21 @@
 #
 # Ports and the temp dir are configurable so a test can run its own cluster next to another Ray:
 #   MBMPO_RAY_PORT (6390), MBMPO_DASHBOARD_PORT (8275), MBMPO_RAY_TMP (/tmp/mbmpo_ray_cluster),
-#   MBMPO_CPUS_PER_NODE (1), RAY (path to the ray executable; default: ray on PATH or .venv).
+#   MBMPO_CPUS_PER_NODE (1), RAY (path to the ray executable; default: .venv/bin/ray, else ray
+#   on PATH).
+#
+# The nodes run with the directory of that ray (the venv's bin) first on PATH, so `python` in a
+# `ray job submit` entrypoint is the venv's python, with the project installed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-RAY=${RAY:-$(command -v ray || echo .venv/bin/ray)}
+if [ -z "${RAY:-}" ]; then  # this checkout's venv first (make install), else ray on PATH
+  if [ -x .venv/bin/ray ]; then RAY=.venv/bin/ray; else RAY=$(command -v ray || echo .venv/bin/ray); fi
+fi
+RAY=$(command -v "$RAY" || echo "$RAY")
+[ -x "$RAY" ] || { echo "no ray executable at $RAY: run \`make install\` first" >&2; exit 1; }
+RAY_BIN=$(cd "$(dirname "$RAY")" && pwd)
+RAY="$RAY_BIN/$(basename "$RAY")"
 PORT=${MBMPO_RAY_PORT:-6390}
 DASH_PORT=${MBMPO_DASHBOARD_PORT:-8275}
 TMP=${MBMPO_RAY_TMP:-/tmp/mbmpo_ray_cluster}
@@ -33,7 +43,7 @@ CPUS=${MBMPO_CPUS_PER_NODE:-1}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 # every process of the cluster resolves 127.0.0.1 to itself (see above)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-PYTHON=${PYTHON:-$(dirname "$RAY")/python}
+PYTHON=${PYTHON:-$RAY_BIN/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 TOKEN_FILE="$HOME/.ray/auth_token"
 
@@ -62,7 +72,11 @@ node_ports() {
 
 start() {
   local workers=${1:-1}
+  if [ -n "$(own_pids)" ]; then
+    echo "a Ray cluster is already running under $TMP (cluster/local.sh stop)" >&2; exit 1
+  fi
   mkdir -p "$TMP"
+  export PATH="$RAY_BIN:$PATH"  # the nodes' (and so the jobs') python is the venv's
   if [ "$RAY_AUTH_MODE" = "token" ]; then
     mkdir -p "$(dirname "$TOKEN_FILE")"
     (umask 077 && "$RAY" get-auth-token --generate >/dev/null)
@@ -77,7 +91,7 @@ start() {
       $(node_ports "$i") --disable-usage-stats >/dev/null
   done
   echo "Ray cluster: head 127.0.0.1:$PORT + $workers worker node(s), $CPUS CPU(s) each"
-  echo "  jobs:   RAY_AUTH_MODE=$RAY_AUTH_MODE ray job submit --address http://127.0.0.1:$DASH_PORT --working-dir . -- mbmpo-ray train --config pendulum --variant smoke --address auto"
+  echo "  jobs:   RAY_AUTH_MODE=$RAY_AUTH_MODE $RAY job submit --address http://127.0.0.1:$DASH_PORT -- python -m mbmpo_ray train --config pendulum --variant smoke --address auto --output /tmp/mbmpo_smoke_job"
   echo "  stop:   cluster/local.sh stop"
 }
 
@@ -86,14 +100,32 @@ descendants() {
   for child in $(pgrep -P "$1" || true); do echo "$child"; descendants "$child"; done
 }
 
-# Stops only THIS cluster (every process started with our temp dir or our GCS address, e.g.
-# the Ray client server, and their children), not other Ray instances on the machine
-# (`ray stop` would kill them all).
+# $1 as an extended regular expression matching itself
+re_escape() { printf '%s' "$1" | sed 's/[][\.*^$+?(){}|]/\\&/g'; }
+
+# The Ray processes of THIS cluster and their children (workers, agents, job drivers): the
+# daemons of its nodes are the processes (of this user) with an argument naming a session
+# directory of our temp dir (`--log_dir=$TMP/session_...`, `--session-dir=...`,
+# `--raylet_socket_name=...`), plus the Ray client server of our GCS port. A second cluster
+# whose temp dir merely starts with ours, or a `less $TMP/...` reading a log, does not match.
+own_pids() {
+  local tmp_re roots
+  tmp_re=$(re_escape "${TMP%/}")
+  roots=$( { pgrep -u "$(id -u)" -f -- "=${tmp_re}/session_[^/ ]+(/| |$)" || true
+             pgrep -u "$(id -u)" -f -- "=${tmp_re}( |$)" || true
+             pgrep -u "$(id -u)" -f -- \
+               "ray\.util\.client\.server .*--address=127\.0\.0\.1:${PORT}( |$)" || true
+           } | sort -u)
+  for p in $roots; do echo "$p"; descendants "$p"; done | sort -u
+}
+
+# Stops only THIS cluster (own_pids), not other Ray instances on the machine (`ray stop`
+# would kill them all).
 stop() {
-  local roots pids
-  roots=$( (pgrep -f -- "$TMP"; pgrep -f -- "127\.0\.0\.1:$PORT( |$)") | sort -u || true)
-  if [ -z "$roots" ]; then echo "no cluster running under $TMP"; return 0; fi
-  pids=$(for p in $roots; do echo "$p"; descendants "$p"; done | sort -u)
+  local pids n
+  pids=$(own_pids)
+  if [ -z "$pids" ]; then echo "nothing running: no Ray cluster under $TMP"; return 0; fi
+  n=$(echo "$pids" | wc -l)
   kill $pids 2>/dev/null || true
   for _ in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.5
@@ -101,16 +133,14 @@ stop() {
     [ -z "$pids" ] && break
   done
   [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
-  echo "Ray cluster under $TMP stopped"
+  echo "Ray cluster under $TMP stopped ($n processes)"
 }
 
 case "${1:-}" in
   start) shift; start "$@" ;;
   status) "$RAY" status --address "127.0.0.1:$PORT" ;;
   listeners)  # every listening socket of this cluster's processes (for checks)
-    pids=$( (pgrep -f -- "$TMP"; pgrep -f -- "127\.0\.0\.1:$PORT( |$)") | sort -u || true)
-    all=$(for p in $pids; do echo "$p"; descendants "$p"; done | sort -u)
-    for p in $all; do ss -ltnpH 2>/dev/null | { grep "pid=$p," || true; } | awk '{print $4}'; done \
+    for p in $(own_pids); do ss -ltnpH 2>/dev/null | { grep "pid=$p," || true; } | awk '{print $4}'; done \
       | sort -u
     ;;
   stop) stop ;;

@@ -18,7 +18,7 @@ def _has_token(container) -> bool:
 
 
 def test_rayjob_is_fenced_and_every_pod_carries_the_token():
-    job, policy = yaml.safe_load_all((CLUSTER / "rayjob.yaml").read_text())
+    job, policy, _ = yaml.safe_load_all((CLUSTER / "rayjob.yaml").read_text())
     spec = job["spec"]
     head = spec["rayClusterSpec"]["headGroupSpec"]
     assert head["serviceType"] == "ClusterIP"
@@ -36,6 +36,28 @@ def test_rayjob_is_fenced_and_every_pod_carries_the_token():
     assert operator["ports"] == [{"protocol": "TCP", "port": 8265}]
     assert operator["from"][0]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kuberay-operator"}
+
+
+def test_rayjob_results_outlive_the_job_on_a_declared_claim():
+    """Results went to an emptyDir of the head pod, deleted with the cluster after the job.
+    Now: a PersistentVolumeClaim declared in the file, mounted where --storage points in the
+    head and every worker pod (Tune's storage must be shared across nodes)."""
+    job, _, claim = yaml.safe_load_all((CLUSTER / "rayjob.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    storage = job["spec"]["entrypoint"].split("--storage ")[1].split()[0]
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"]["template"]["spec"],
+            *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+    for pod in pods:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", [])
+                  if m["mountPath"] == storage]
+        assert len(mounts) == 1, pod
+        volume = volumes[mounts[0]["name"]]
+        assert "emptyDir" not in volume
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
 
 
 def test_aws_dashboard_on_loopback_and_token_everywhere():

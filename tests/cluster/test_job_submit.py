@@ -1,5 +1,5 @@
 """A real local cluster (`cluster/local.sh`: loopback only, token auth) and `ray job submit`
-of a tiny run."""
+of a tiny run, as the README's recipe does it."""
 
 import os
 import pickle
@@ -18,14 +18,16 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture
 def cluster(tmp_path, request):
     """A cluster of a head and ``request.param`` worker nodes (default 0), with its own HOME
-    (so the auth token is created by local.sh), stopped afterwards even on failure."""
+    (so the auth token is created by local.sh), stopped afterwards even on failure. The venv
+    is not on PATH (not activated): local.sh must give the nodes its python."""
     workers = getattr(request, "param", 0)
     home = tmp_path / "home"
     home.mkdir()
     env = {
         **os.environ,
         "HOME": str(home),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PATH": ":".join(p for p in os.environ["PATH"].split(":")
+                         if Path(p).resolve() != BIN.resolve()),
         "RAY": str(BIN / "ray"),
         "MBMPO_RAY_PORT": "6490",
         "MBMPO_DASHBOARD_PORT": "8375",
@@ -59,11 +61,15 @@ def assert_loopback_only(env) -> None:
 
 
 def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
+    """The README's recipe: `python` of the entrypoint is the venv's although the venv is not
+    activated; and the leftovers of a job that failed before its first iteration (run.json, a
+    header-only progress.csv) do not block the retry."""
     out = tmp_path / "job_run"
+    out.mkdir()
+    (out / "run.json").write_text('{"algo": "mbmpo", "config": "pendulum"}')
+    (out / "progress.csv").write_text("iteration,real_steps\n")
     cmd = [
-        str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8375",
-        "--working-dir", ".", "--runtime-env-json",
-        '{"excludes": [".venv", "runs", ".git", "*.png"]}', "--",
+        str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8375", "--",
         "python", "-m", "mbmpo_ray", "train", "--config", "pendulum", "--variant", "smoke",
         "--iterations", "2", "--address", "auto", "--output", str(out),
     ]
@@ -78,7 +84,8 @@ def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
     # a complete checkpoint of the run's last iteration, not just some file
     state = pickle.loads((out / "checkpoint" / "algorithm_state.pkl").read_bytes())
     assert state["training_iteration"] == 2
-    assert state["mbmpo"]["counters"]["real_steps"] == 200
+    ours = state.get("model_based") or state["mbmpo"]  # the algorithm's own state
+    assert ours["counters"]["real_steps"] == 200
     assert (out / "checkpoint" / "learner_group" / "learner" / "rl_module").is_dir()
     assert (out / "progress.csv").read_text().count("\n") == 3
     assert_loopback_only(cluster)  # the driver's and workers' sockets included
@@ -108,3 +115,31 @@ def test_every_listener_of_every_node_is_loopback_and_tokens_are_required(cluste
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen("http://127.0.0.1:8375/api/jobs/", timeout=30)
     assert e.value.code in (401, 403)
+
+
+def test_stop_stops_exactly_this_cluster(cluster):
+    """Every process of the cluster goes; a process of a second cluster whose temp dir starts
+    with ours and a reader of one of our logs stay; a second stop says nothing was running."""
+    tmp = cluster["MBMPO_RAY_TMP"]
+    log = next(Path(tmp).glob("session_*/logs/raylet.out"))
+    decoys = [
+        subprocess.Popen(["bash", "-c", f'exec -a "gcs_server --log_dir={tmp}2/session_1/logs"'
+                                        " sleep 300"]),
+        subprocess.Popen(["tail", "-f", str(log)], stdout=subprocess.DEVNULL),
+    ]
+    try:
+        assert listeners(cluster)
+        res = subprocess.run(["bash", "cluster/local.sh", "stop"], cwd=REPO, env=cluster,
+                             capture_output=True, text=True, timeout=120)
+        assert "stopped" in res.stdout, res.stdout + res.stderr
+        assert all(p.poll() is None for p in decoys)
+        assert listeners(cluster) == []
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert f"={tmp}/session_" not in ps
+        res = subprocess.run(["bash", "cluster/local.sh", "stop"], cwd=REPO, env=cluster,
+                             capture_output=True, text=True, timeout=120)
+        assert "nothing running" in res.stdout
+    finally:
+        for p in decoys:
+            p.kill()
+            p.wait()
