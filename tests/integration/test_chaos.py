@@ -220,7 +220,7 @@ def test_actors_dead_for_good(algo_name):
         ray.kill(algo.fitter.trainers[0], no_restart=True)
         for _ in range(2):
             result = algo.train()
-        expected = 300 if algo_name == "mbmpo" else 200  # smoke: 100 + 2 x 50 + 50
+        expected = 300 if algo_name == "mbmpo" else 250  # smoke: 100 + 3 x 100 or 3 x 50
         assert len(algo.buffer) == result["num_real_steps_lifetime"] == expected
         assert result["num_model_trainer_fallbacks_lifetime"] >= 1
         assert algo.env_runner_group.num_healthy_remote_workers() == 1

@@ -36,6 +36,9 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "swish": nn.functional.silu, "elu": nn.functional.elu,
 }
 
+# the largest observation value the policy acts on (max_abs_real_value's default)
+_MAX_POLICY_INPUT = 1e8
+
 
 class Float32MLPHead(TorchMLPHead):
     """RLlib's MLP head computed in float32 even under a bfloat16 autocast (the Learner's
@@ -252,8 +255,12 @@ class MBPOTorchRLModule(DefaultSACTorchRLModule):
 
     @override(DefaultSACTorchRLModule)
     def _forward_inference(self, batch: dict, **kwargs) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self.policy_logits(
-            self.policy_obs(batch[Columns.OBS]))}
+        # acting on a real env whose observation is not finite or explodes (a broken user
+        # env): act on zeros / the clipped value instead of failing the runner with NaN
+        # logits (the bad rows are dropped from the data, max_abs_real_value)
+        obs = torch.nan_to_num(batch[Columns.OBS], nan=0.0, posinf=0.0, neginf=0.0)
+        obs = obs.clamp(-_MAX_POLICY_INPUT, _MAX_POLICY_INPUT)
+        return {Columns.ACTION_DIST_INPUTS: self.policy_logits(self.policy_obs(obs))}
 
     @override(DefaultSACTorchRLModule)
     def _forward_exploration(self, batch: dict, **kwargs) -> dict[str, Any]:
