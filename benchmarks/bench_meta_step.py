@@ -7,12 +7,11 @@ iterations, up to 15 line-search steps), second-order MAML.
 Every repetition runs, interleaved (rotating order) and with the same seed:
 
 * ``meta_step``: :func:`mbmpo_ray.meta.meta_step` end to end (the code path the learner runs);
-* ``pieces``: the same meta step made of the package's own parts, called one after the other
-  with a stopwatch in between: the inner loop of ``adapt_tasks`` (``sample_fn``,
-  ``estimate_advantages``, ``inner_gradients``, ``adapt``), the post-update sampling and
-  ``trpo_outer_step`` as its parts ``trpo_problem``, ``kl_hvp`` and ``trpo_step`` (the HVP
-  products and line-search evaluations are timed through ``trpo_step``'s ``hvp`` / ``eval_fn``
-  arguments). Its new parameters are checked against ``meta_step``'s (same seed, same result);
+* ``pieces``: the same ``meta_step`` with its phase hook (``phase=``, see
+  :mod:`mbmpo_ray.meta.hooks` and ``META_STEP_PHASES``) timing each piece: imagination,
+  ``estimate_advantages``, the inner gradient and step, diagnostics, and the TRPO outer step's
+  setup, HVP setup, gradient, CG, step-size product and line search. Its new parameters are
+  checked against the hook-less ``meta_step``'s (same seed: bit-identical);
 * baselines: ``meta_step`` with ``first_order=True``, one ``imagine`` call alone, and
   ``meta_step`` with the other thread counts of ``--compare-threads``.
 
@@ -32,6 +31,7 @@ Run from the repo root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import _common as C
@@ -50,44 +51,46 @@ from torch.profiler import ProfilerActivity, profile
 from mbmpo_ray.envs import EnvSpec, get_env_spec
 from mbmpo_ray.imagination import ImaginedBatch, bf16_is_fast, imagine
 from mbmpo_ray.meta import (
+    META_STEP_PHASES,
     GaussianMLPPolicy,
     MetaConfig,
     TaskBatch,
-    TRPOProblem,
-    adapt,
     conjugate_gradient,
     estimate_advantages,
-    explained_variance,
-    imagined_return,
-    inner_gradients,
     kl_hvp,
     meta_step,
+    surrogate_gradient,
     trpo_outer_step,
     trpo_problem,
-    trpo_step,
 )
 
 Params = dict[str, Tensor]
 K = 5
 POLICY_HIDDEN = (32, 32)
 
+# the phases of meta_step (its phase hook) and what each one runs
 PIECES = {
-    "imagine_pre": "imagination, pre-update (`imagine`)",
-    "process_pre": "`estimate_advantages` pre (returns, linear baseline, GAE, old log-probs)",
-    "inner_diag": "inner gradient (`inner_gradients`, once) + diagnostics (norms, expl. var.)",
+    "sample_pre": "imagination, pre-update (`imagine`)",
+    "advantages_pre": "`estimate_advantages` pre (returns, linear baseline, GAE, old log-probs)",
+    "inner_gradient": "inner gradient (`inner_gradients`, once, kept for the diagnostics)",
     "adapt": "inner step (`adapt` with that gradient, first order as in `meta_step`)",
-    "imagine_post": "imagination, post-update (`imagine`)",
-    "process_post": "`estimate_advantages` post (+ return diagnostics)",
-    "trpo_grad": "TRPO: surrogate gradient through the inner step (+ old adapted params)",
-    "trpo_hvp_setup": "TRPO: HVP setup (`kl_hvp` builds the graphs once)",
-    "trpo_cg": "TRPO: CG (`cg_iters` HVPs)",
-    "trpo_shs": "TRPO: step-size HVP (`s^T H s`)",
-    "trpo_ls": "TRPO: line search",
-    "other": "rest (entropy, copies)",
+    "diagnostics_pre": "pre-update diagnostics (returns, inner-gradient norms, expl. var.)",
+    "sample_post": "imagination, post-update (`imagine`)",
+    "advantages_post": "`estimate_advantages` post",
+    "diagnostics_post": "post-update diagnostics (returns, adaptation gain, expl. var.)",
+    "outer_setup": "TRPO: old adapted params (`trpo_problem`)",
+    "hvp_setup": "TRPO: HVP setup (`kl_hvp` builds the graphs once)",
+    "outer_gradient": "TRPO: surrogate gradient through the inner step",
+    "cg": "TRPO: CG (`cg_iters` HVPs)",
+    "step_size": "TRPO: step-size HVP (`s^T H s`)",
+    "line_search": "TRPO: line search",
+    "other": "rest (entropy, copies, hook)",
 }
-IMAGINATION = ("imagine_pre", "imagine_post")
-INNER = ("process_pre", "inner_diag", "adapt", "process_post")
-TRPO = ("trpo_grad", "trpo_hvp_setup", "trpo_cg", "trpo_shs", "trpo_ls")
+assert [k for k in PIECES if k != "other"] == list(META_STEP_PHASES), "meta_step's phases changed"
+IMAGINATION = ("sample_pre", "sample_post")
+INNER = ("advantages_pre", "inner_gradient", "adapt", "diagnostics_pre", "advantages_post",
+         "diagnostics_post")
+TRPO = ("outer_setup", "hvp_setup", "outer_gradient", "cg", "step_size", "line_search")
 
 # glibc malloc settings that keep freed memory in the heap instead of returning it to the OS
 # (every ~25 MB temporary otherwise comes back as fresh, zero-filled pages: page faults)
@@ -103,15 +106,19 @@ def make_policy(spec_obs_start: int) -> GaussianMLPPolicy:
     return GaussianMLPPolicy(C.OBS_DIM, C.ACT_DIM, POLICY_HIDDEN, "tanh", obs_start=spec_obs_start)
 
 
-class Stopwatch:
+class PhaseTimer:
+    """The phase hook of ``meta_step``: wall seconds per phase (summed over repeats)."""
+
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
-        self.t = time.perf_counter()
 
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.times[name] = self.times.get(name, 0.0) + now - self.t
-        self.t = now
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -195,78 +202,29 @@ def build_setup(quick: bool) -> Setup:
 
 
 # ------------------------------------------------------------------------------------ pieces
-def timed_trpo_outer_step(policy, params, pre, post, cfg) -> tuple[Params, dict[str, float]]:
-    """:func:`~mbmpo_ray.meta.trpo_outer_step` from its parts, with the time of each part.
-
-    CG is timed from its first HVP product to the step-size product (the last one)."""
-    t0 = time.perf_counter()
-    problem = trpo_problem(policy, params, pre, post, cfg)
-    t1 = time.perf_counter()
-    hvp = kl_hvp(policy, problem, pre, post, cfg)
-    t2 = time.perf_counter()
-    products: list[tuple[float, float]] = []
-    ls = [0.0]
-
-    def timed_hvp(v: Tensor) -> Tensor:
-        a = time.perf_counter()
-        out = hvp(v)
-        products.append((a, time.perf_counter()))
-        return out
-
-    def timed_evaluate(x: Tensor) -> tuple[float, float]:
-        a = time.perf_counter()
-        out = problem.evaluate(x)
-        ls[0] += time.perf_counter() - a
-        return out
-
-    x_new, _ = trpo_step(problem.theta0, problem.surrogate, problem.kl, max_kl=cfg.max_kl,
-                         cg_iters=cfg.cg_iters, cg_damping=cfg.cg_damping,
-                         ls_ratio=cfg.ls_backtrack_ratio, ls_max_steps=cfg.ls_max_steps,
-                         eval_fn=timed_evaluate, hvp=timed_hvp)
-    step = time.perf_counter() - t2
-    new_params = {k: v.detach().clone() for k, v in policy.unflatten(x_new).items()}
-    cg = products[-1][0] - products[0][0] if len(products) > 1 else 0.0
-    shs = products[-1][1] - products[-1][0] if products else 0.0
-    times = {"trpo_grad": t1 - t0 + step - cg - shs - ls[0], "trpo_hvp_setup": t2 - t1,
-             "trpo_cg": cg, "trpo_shs": shs, "trpo_ls": ls[0]}
-    return new_params, times
-
-
 def run_pieces(s: Setup, seed: int, keep: dict | None = None) -> dict[str, float]:
-    """``meta_step`` (one inner step, TRPO) from the package's parts, with a stopwatch."""
-    policy, cfg, num_tasks = s.policy, s.cfg, s.cfg.num_tasks
-    sample = s.sample_fn(seed)
-    sw = Stopwatch()
-    params = detach(s.params0)
-    task_params = policy.expand_params(params, num_tasks)
-    raw = sample(task_params)
-    sw.lap("imagine_pre")
-    tb = s.advantages(task_params, raw)
-    sw.lap("process_pre")
-    gradients = inner_gradients(policy, task_params, tb)
-    imagined_return(raw).double().cpu().numpy()
-    explained_variance(tb.values, tb.returns, tb.mask)
-    sq = sum(g.pow(2).reshape(num_tasks, -1).sum(-1) for g in gradients[1].values())
-    torch.sqrt(sq).double().cpu().numpy()
-    sw.lap("inner_diag")
-    task_params = detach(adapt(policy, task_params, tb, cfg.inner_lr, first_order=True,
-                               batched_params=True, gradients=gradients))
-    sw.lap("adapt")
-    raw_post = sample(task_params)
-    sw.lap("imagine_post")
-    post = s.advantages(task_params, raw_post)
-    imagined_return(raw_post).double().cpu().numpy()
-    explained_variance(post.values, post.returns, post.mask)
-    sw.lap("process_post")
-    new_params, trpo_times = timed_trpo_outer_step(policy, params, [tb], post, cfg)
-    sw.times.update(trpo_times)
-    sw.t = time.perf_counter()
-    float(new_params["log_std"].exp().mean())
-    float(policy.entropy(new_params))
-    sw.lap("other")
+    """``meta_step`` timed through its phase hook: seconds per phase, and ``other`` (the rest).
+
+    ``keep`` receives the new parameters and the pre- / post-update :class:`TaskBatch` (the
+    advantages recomputed, after the timing, from what ``sample_fn`` was given and returned).
+    """
+    timer, calls, sample = PhaseTimer(), [], s.sample_fn(seed)
+
+    def recording_sample_fn(task_params: Params) -> ImaginedBatch:
+        raw = sample(task_params)
+        calls.append((task_params, raw))
+        return raw
+
+    t0 = time.perf_counter()
+    new_params, _ = meta_step(s.policy, detach(s.params0), recording_sample_fn, s.cfg,
+                              phase=timer)
+    total = time.perf_counter() - t0
+    times = {**timer.times, "other": total - sum(timer.times.values())}
     if keep is not None:
-        keep.update(new_params=new_params, tb=tb, post=post)
-    return sw.times
+        (pre_params, pre_raw), (post_params, post_raw) = calls
+        keep.update(new_params=new_params, tb=s.advantages(pre_params, pre_raw),
+                    post=s.advantages(post_params, post_raw))
+    return times
 
 
 # ------------------------------------------------------------------------------------ what-ifs
@@ -288,14 +246,6 @@ def whatif_configs(cfg: MetaConfig) -> tuple[dict[str, MetaConfig], str]:
     return {describe(c): c for c in configs}, describe(exact)
 
 
-def surrogate_gradient(problem: TRPOProblem) -> Tensor:
-    """``grad L(theta0)`` through the inner step, as :func:`trpo_step` computes it."""
-    x = problem.theta0.clone().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(problem.surrogate(x), x)
-    return grad.detach()
-
-
 def curvature_cost(s: Setup, keep: dict, config: MetaConfig, grad: Tensor):
     """Seconds of HVP setup + CG + step-size HVP with ``config``'s curvature, and the CG
     direction (on the repetition's own batches)."""
@@ -313,8 +263,8 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 def curvature_whatifs(s: Setup, keep: dict, configs: dict[str, MetaConfig], ref: str) -> dict:
-    grad = surrogate_gradient(trpo_problem(s.policy, detach(s.params0), [keep["tb"]],
-                                           keep["post"], s.cfg))
+    problem = trpo_problem(s.policy, detach(s.params0), [keep["tb"]], keep["post"], s.cfg)
+    grad = surrogate_gradient(problem.surrogate, problem.theta0)[1]
     out, dirs = {}, {}
     for label, config in {"current": s.cfg, **configs}.items():
         out[label], dirs[label] = curvature_cost(s, keep, config, grad)
@@ -520,9 +470,9 @@ def main_text(s: Setup, args, records, reps, other_threads, rows_t, cmp_threads,
         f"{POLICY_HIDDEN} tanh, `MetaConfig` defaults (TRPO, second order, inner_lr "
         f"{cfg.inner_lr}, {cfg.cg_iters} CG iterations, max KL {cfg.max_kl}, KL curvature "
         f"{describe(cfg)}); ensemble fitted on {s.source}; {reps} interleaved repetitions.",
-        f"- Line-search candidates evaluated per meta step: {ls}; the pieces reproduce "
-        f"`meta_step`'s new parameters to {max(r['param_diff'] for r in records):.1e} (max abs "
-        "difference).",
+        f"- Line-search candidates evaluated per meta step: {ls}; timed through its phase "
+        "hook, `meta_step` reproduces the hook-less `meta_step`'s new parameters to "
+        f"{max(r['param_diff'] for r in records):.1e} (max abs difference).",
         "",
         C.markdown_table(["piece", "median s", "share of `meta_step`",
                           "x one `imagine` call (median, min-max)"], rows),
