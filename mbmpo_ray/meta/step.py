@@ -112,7 +112,7 @@ def meta_step(
     raw_post, post, t_sample = _sample_post_update(policy, inner, sample_fn, config, phase)
     with phase("diagnostics_post"):
         diag.update(_post_update_diagnostics(raw_post, post, float(diag["pre_return_mean"])))
-        _reduce_task_means(diag, reduce)
+        _reduce_task_means(diag, reduce, params["log_std"].device)
 
     outer_step = trpo_outer_step if config.outer_optimizer == "trpo" else ppo_outer_step
     new_params, info = outer_step(policy, params, inner.batches, post, config,
@@ -217,12 +217,14 @@ def _sample_post_update(
     return raw_post, post, t_sample
 
 
-def _reduce_task_means(diag: Diagnostics, reduce: Reduce) -> None:
-    """Make the task means of ``diag`` means over all tasks (in place; one collective)."""
+def _reduce_task_means(diag: Diagnostics, reduce: Reduce, device: torch.device) -> None:
+    """Make the task means of ``diag`` means over all tasks (in place; one collective, on
+    ``device``: the parameters', which NCCL needs)."""
     if reduce is identity:
         return
     keys = ("pre_return_mean", "post_return_mean", "adaptation_gain", "inner_grad_norm")
-    means = reduce(torch.tensor([float(diag[k]) for k in keys], dtype=torch.float64))
+    means = reduce(torch.tensor([float(diag[k]) for k in keys], dtype=torch.float64,
+                                device=device))
     diag.update({k: float(v) for k, v in zip(keys, means, strict=True)})
 
 
