@@ -124,7 +124,7 @@ def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
                 tm = r["timers"]
                 phase = {"model_fit": tm["fit_models"], "rollout": tm["model_rollouts"],
                          "sac_update": tm["sac_updates"],
-                         "env_step": tm["sample_real"] + tm["sync_weights"],
+                         "env_step": tm["sample_real"] + tm.get("sync_weights", 0.0),
                          "eval": tm["evaluate_real"]}
                 c = algo.counters
                 if first is None:  # initial steps + first fit + first 250 steps

@@ -654,9 +654,10 @@ class MBPOTorchLearner(SACTorchLearner):
         SACTorchLearner's one pass per optimiser: the same gradients, because the four losses
         touch disjoint parameters (the policy loss sees the Q networks with their gradients
         off and alpha detached; the critic losses see detached targets, log-probs and alpha;
-        the alpha loss sees detached log-probs), at a fraction of the autograd overhead. The
-        backward pass runs outside any autocast (:meth:`_update` enters one for the forward
-        pass; the gradients follow the dtypes it chose)."""
+        the alpha loss sees detached log-probs), at a fraction of the autograd overhead. RLlib's
+        path on this module (``forward_train`` -> ``compute_losses`` -> this) is what the
+        tests compare :meth:`_sac_step` against; the backward pass runs outside any autocast
+        (the gradients follow the dtypes the forward pass chose)."""
         self._temp_losses.clear()
         with torch.autocast(self._device.type, enabled=False):
             return TorchLearner.compute_gradients(self, loss_per_module, **kwargs)
