@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import ray
 import torch
-
 from conftest import smoke_config
+
 from mbmpo_ray.envs import functions as F
 from mbmpo_ray.envs import register_model_functions
 

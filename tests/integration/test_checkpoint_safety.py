@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import smoke_config
+
 from mbmpo_ray.algorithm import checkpoints as ck
 
 # Saves the checkpoint SOURCE into DEST again and again through save_atomically, copying it
@@ -135,3 +135,36 @@ def test_each_algorithm_refuses_the_others_checkpoint(checkpoints, algo_name):
             algo.set_state(state)
     finally:
         algo.stop()
+
+
+def _cli(argv, capsys):
+    from mbmpo_ray import cli
+
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_refuses_a_corrupted_or_foreign_checkpoint(checkpoints, algo_name, tmp_path,
+                                                       capsys):
+    import json
+    import shutil
+
+    other = "mbpo" if algo_name == "mbmpo" else "mbmpo"
+    # a run directory whose run.json says algo_name but whose checkpoint is the other's
+    run = tmp_path / "run"
+    shutil.copytree(checkpoints[other], run / "checkpoints" / "iter_000001")
+    (run / "progress.csv").write_text("iteration,real_steps\n1,100\n")
+    (run / "run.json").write_text(json.dumps({"algo": algo_name, "config": "pendulum",
+                                              "variant": "smoke", "stop_timesteps": 1000}))
+    code, err = _cli(["train", "--output", str(run), "--resume", "--plain"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"written by {other.upper()}" in err and f"--algo {other}" in err
+    # a checkpoint with a file changed in place: evaluate refuses it before Ray starts
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoints[algo_name], bad)
+    target = next(p for p in sorted(bad.rglob("*.pkl")) if p.stat().st_size > 0)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    code, err = _cli(["evaluate", str(bad)], capsys)
+    assert code == 2 and "corrupted" in err and "Traceback" not in err

@@ -77,7 +77,7 @@ def test_block_of_one_and_updates_per_step():
     algo = tiny(env_steps_per_block=1, updates_per_step=3, model_train_freq=10).build_algo()
     try:
         result = algo.train()
-        assert algo.mbpo_counters["blocks"] == 10
+        assert algo.counters["blocks"] == 10
         assert result["num_sac_updates_lifetime"] == 30
         assert result["learners"]["default_policy"]["num_target_updates"] == 30
         assert len(algo.buffer) == RANDOM + 10
@@ -245,7 +245,7 @@ def test_checkpoint_round_trip(tmp_path):
             assert_nested_equal(algo.buffer.get_state(), restored.buffer.get_state())
             assert_nested_equal(a.model_buffer_state(), b.model_buffer_state())
             assert len(b._real) == len(restored.buffer)  # the Learner's copy of real data
-            assert restored.mbpo_counters == algo.mbpo_counters
+            assert restored.counters == algo.counters
             assert restored.config.target_entropy == -1.0
             assert restored.iteration == algo.iteration == 1
             # the restored run continues

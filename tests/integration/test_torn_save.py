@@ -191,7 +191,10 @@ def test_keeps_the_last_n_and_points_the_link_at_the_newest(tmp_path):
         final = ck.save_checkpoint(_writer(b"x" * it), tmp_path, it, keep=2)
         assert (tmp_path / "checkpoint").resolve() == final
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["iter_000004", "iter_000005"]
-    assert ck.read_manifest(final)["files"] == {"state.pkl": 5, "sub/weights.pt": 5}
+    files = ck.read_manifest(final)["files"]
+    assert {name: f["size"] for name, f in files.items()} == {"state.pkl": 5,
+                                                              "sub/weights.pt": 5}
+    assert all(len(f["sha256"]) == 64 for f in files.values())
     # saving an iteration that exists already writes nothing
     ck.save_checkpoint(_writer(b"other"), tmp_path, 5, keep=2)
     assert (final / "state.pkl").read_bytes() == b"x" * 5
