@@ -274,8 +274,10 @@ def _resume(algo, method: str, ckpt: Path, path: Path) -> tuple[list[str], float
 
 # ----------------------------------------------------------------------------------- report
 def read_run(path: Path) -> np.ndarray:
-    """``n x 3`` array of (real_steps, return, wall_s) rows of a finished run's CSV."""
-    rows = [r for r in csv.reader(path.read_text().splitlines()[1:]) if r and r[0][0] != "#"]
+    """``n x 3`` array of (real_steps, return, wall_s) rows of a finished run's CSV (its
+    first three columns; the peer's CSVs carry more after them)."""
+    rows = [r[:3] for r in csv.reader(path.read_text().splitlines()[1:])
+            if r and r[0][0] != "#"]
     run = np.asarray(rows, dtype=float).reshape(-1, 3)
     return run[np.isfinite(run[:, 1])]  # iterations that finished no episode report nan
 
