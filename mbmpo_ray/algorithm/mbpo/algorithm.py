@@ -194,8 +194,3 @@ class MBPO(ModelBasedAlgorithm):
         self._on_learner(lambda learner, **kw: learner.load_real(**kw),
                          real=ray.put(real) if self.learner_group.is_remote else real)
         self.sampler.reset_streams()
-
-    @property
-    def model_buffer_size(self) -> int:
-        """Rows in the model buffer (on the Learner)."""
-        return int(self._on_learner(lambda learner: len(learner._model_buffer)))
