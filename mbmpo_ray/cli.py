@@ -259,7 +259,7 @@ def _prepare_run(args: argparse.Namespace):
     (None: a new run), all before Ray starts. A new run refuses a directory that holds a run
     unless --overwrite; --resume restates the run's options from its run.json."""
     from mbmpo_ray.algorithm import rundir
-    from mbmpo_ray.algorithm.checkpoints import read_manifest
+    from mbmpo_ray.algorithm.checkpoints import checkpoint_algorithm, read_manifest
 
     _check_counts(args, {"checkpoint_every": 0, "keep_checkpoints": 1})
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
@@ -274,6 +274,10 @@ def _prepare_run(args: argparse.Namespace):
         if resume:
             out = _output_dir(args)
             ckpt = _restate_run(args, out)
+            written_by = checkpoint_algorithm(ckpt)
+            if written_by not in (None, args.algo):
+                raise CLIError(f"{ckpt} was written by {written_by.upper()}, but the run says "
+                               f"{args.algo}: resume it with --algo {written_by}")
     except rundir.RunDirError as e:
         raise CLIError(str(e)) from None
     config, stop = build_config(args)
@@ -341,10 +345,15 @@ def _finished(ckpt, stop: int | None, iterations: int | None) -> str | None:
 
 def _build_or_restore(config, ckpt):
     """``config.build_algo()``, restored from ``ckpt`` when resuming."""
+    from mbmpo_ray.algorithm.checkpoints import CheckpointError
+
     algo = config.build_algo()
     if ckpt is not None:
         try:
             algo.restore_from_path(str(ckpt))
+        except CheckpointError as e:  # corrupted, or another algorithm's: one clear line
+            algo.stop()
+            raise CLIError(str(e)) from None
         except BaseException:
             algo.stop()
             raise
@@ -508,7 +517,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"--render supports 'rgb_array' only, got {args.render!r}")
     path = Path(args.checkpoint)
     try:  # a checkpoint, or a run directory (its newest complete checkpoint)
-        ckpt = resolve_checkpoint(path)
+        ckpt = resolve_checkpoint(path).absolute()  # RLlib loads from absolute paths only
     except CheckpointError as e:
         raise CLIError(str(e)) from None
     _init_ray(args.address, args.verbose)

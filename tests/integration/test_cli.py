@@ -426,6 +426,7 @@ def test_resume_with_the_default_relative_output(algo, tmp_path, monkeypatch, ca
                  "--plain"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "runs" / "Pendulum-v1" / "progress.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    assert main(["evaluate", "runs/Pendulum-v1", "--episodes", "1"]) == 0  # relative too
 
 
 @pytest.mark.usefixtures("ray_local")
