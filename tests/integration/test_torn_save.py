@@ -108,13 +108,13 @@ def test_saves_killed_at_many_moments_leave_a_complete_checkpoint(source_checkpo
     assert not [p for p in (run / ck.CHECKPOINTS_DIR).iterdir() if p.name.startswith(".")]
 
 
-def _train_cmd(run: Path, *extra: str) -> list[str]:
+def _train_cmd(run: Path, *extra: str, algo: str = "mbmpo") -> list[str]:
     """`mbmpo-ray train` of the smoke config into ``run``, on this test session's Ray."""
     import ray
 
-    return [sys.executable, "-m", "mbmpo_ray", "train", "--config", "pendulum", "--variant",
-            "smoke", "--stop-timesteps", "100000", "--output", str(run), "--plain",
-            "--address", ray.get_runtime_context().gcs_address, *extra]
+    return [sys.executable, "-m", "mbmpo_ray", "train", "--algo", algo, "--config", "pendulum",
+            "--variant", "smoke", "--stop-timesteps", "100000", "--output", str(run),
+            "--plain", "--address", ray.get_runtime_context().gcs_address, *extra]
 
 
 def _kill_during_a_save(proc: subprocess.Popen, run: Path, after: int, delay: float) -> int:
@@ -135,45 +135,53 @@ def _kill_during_a_save(proc: subprocess.Popen, run: Path, after: int, delay: fl
 
 
 @ray_local
-def test_cli_train_killed_during_saves_resumes_every_time(tmp_path):
+def test_cli_train_killed_during_saves_resumes_every_time(algo_name, tmp_path):
     """`mbmpo-ray train` SIGKILLed while writing a checkpoint (right at its start, and a
     little later), then `--resume`d: each time it continues from a complete checkpoint, and
-    the finished run has every iteration exactly once and the buffer of an uninterrupted
-    run."""
-    from mbmpo_ray import MBMPO
+    the finished run has every iteration exactly once, every real transition once and (MB-MPO,
+    whose sampling jobs carry their seeds) the buffer of an uninterrupted run."""
+    from mbmpo_ray import MBMPO, MBPO
 
     run = tmp_path / "run"
     done, delays = 0, (0.0, 0.03)
     for i, delay in enumerate(delays):
-        proc = subprocess.Popen(_train_cmd(run, *(["--resume"] if i else [])), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(_train_cmd(run, *(["--resume"] if i else []), algo=algo_name),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
         killed_at = _kill_during_a_save(proc, run, max(done, 1), delay)
         latest = ck.latest_checkpoint(run)
         assert latest is not None
         done = ck.read_manifest(latest)["iteration"]
         assert done in (killed_at - 1, killed_at)  # the previous one, or this one if finished
     final = done + 1
-    res = subprocess.run(_train_cmd(run, "--resume", "--iterations", str(final)), cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(_train_cmd(run, "--resume", "--iterations", str(final),
+                                    algo=algo_name),
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     rows = list(csv.DictReader(open(run / "progress.csv")))
     assert [int(r["iteration"]) for r in rows] == list(range(1, final + 1))
-    assert [int(float(r["real_steps"])) for r in rows] == [100 * i for i in range(1, final + 1)]
+    first, per_iter = (100, 100) if algo_name == "mbmpo" else (150, 50)  # smoke settings
+    assert [int(float(r["real_steps"])) for r in rows] == [
+        first + per_iter * i for i in range(final)]
     latest = ck.latest_checkpoint(run)
     assert ck.read_manifest(latest)["iteration"] == final
     assert (run / "checkpoint").resolve() == latest
-    # the run resumed after the kills holds exactly the data of an uninterrupted one
-    resumed = MBMPO.from_checkpoint(str(latest))
-    straight = tune_configs.load_config("pendulum", "smoke").build_algo()
+    resumed = (MBMPO if algo_name == "mbmpo" else MBPO).from_checkpoint(str(latest))
     try:
-        for _ in range(final):
-            straight.train()
-        for k, v in straight.buffer.all().items():
-            np.testing.assert_array_equal(resumed.buffer.all()[k], v, err_msg=k)
+        obs = resumed.buffer.all()["obs"]
+        assert len(obs) == first + per_iter * (final - 1) == len(np.unique(obs, axis=0))
+        if algo_name == "mbmpo":  # exactly the data of an uninterrupted run
+            straight = tune_configs.load_config("pendulum", "smoke").build_algo()
+            try:
+                for _ in range(final):
+                    straight.train()
+                for k, v in straight.buffer.all().items():
+                    np.testing.assert_array_equal(resumed.buffer.all()[k], v, err_msg=k)
+            finally:
+                straight.stop()
     finally:
         resumed.stop()
-        straight.stop()
 
 
 # ---------------------------------------------------------------- the mechanism, without Ray
