@@ -7,7 +7,8 @@ members).
 
 * :func:`imagine` -- roll a policy out from given ``T x N`` start states;
 * :class:`ImaginationSampler` -- draw the start states from real states, then :func:`imagine`
-  with task-batched policy parameters (what a meta step samples);
+  with task-batched policy parameters (what a meta step samples), for all tasks or one
+  learner's share of them, each task with its own random stream (:func:`task_seed`);
 * :func:`task_members` -- the task -> member mapping (:func:`first_task_of_each_member`).
 * :func:`branched_rollouts` -- MBPO's k-step rollouts from real states, a random elite member
   per row and step (:func:`rollout_length`: MBPO's schedule of k);
@@ -21,7 +22,7 @@ module): the policy is duck-typed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -33,16 +34,13 @@ PolicyFn = Callable[[Tensor, "torch.Generator | None"], "tuple[Tensor, Tensor]"]
 
 
 class TaskBatchedPolicy(Protocol):
-    """What :class:`ImaginationSampler` needs from a policy (e.g.
-    :class:`mbmpo_ray.meta.GaussianMLPPolicy`): ``sample(params, obs_T_N_D, generator,
-    batched=True) -> (raw_action_T_N_A, log_prob_T_N)`` with one parameter set per task."""
+    """What :class:`ImaginationSampler` needs from a Gaussian policy (e.g.
+    :class:`mbmpo_ray.meta.GaussianMLPPolicy`): ``mean_and_log_std(params, obs_T_N_D,
+    batched=True) -> (mean_T_N_A, log_std_T_N_A)`` with one parameter set per task (the
+    sampler draws the noise itself, per task: :func:`gaussian_sample`)."""
 
-    def sample(
-        self,
-        params: dict[str, Tensor],
-        obs: Tensor,
-        generator: torch.Generator | None = None,
-        batched: bool = False,
+    def mean_and_log_std(
+        self, params: dict[str, Tensor], obs: Tensor, batched: bool = False
     ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -236,6 +234,70 @@ def first_task_of_each_member(num_tasks: int, ensemble_size: int) -> list[int]:
     return torch.nonzero(first).flatten().tolist()
 
 
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def task_seed(seed: int, task: int) -> int:
+    """The seed of task ``task``'s random stream in a sampler seeded with ``seed`` (a 63-bit
+    int from NumPy's ``SeedSequence``; independent streams per task): what a task draws
+    depends only on ``(seed, task)``, not on which learner samples it or with which others."""
+    state = np.random.SeedSequence(int(seed) % 2**64, spawn_key=(int(task),)).generate_state(2)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def gaussian_sample(mean: Tensor, log_std: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """``a = mean + exp(log_std) * eps`` and ``log N(a; mean, exp(log_std))`` summed over the
+    last axis, from standard-normal ``eps`` (the same numbers as
+    :meth:`~mbmpo_ray.meta.GaussianMLPPolicy.sample` drawing that ``eps``)."""
+    act = mean + torch.exp(log_std) * eps
+    logp = -0.5 * (eps.pow(2) + 2.0 * log_std + _LOG_2PI).sum(-1)
+    return act, logp
+
+
+def _member_slots(members_T: Tensor, ensemble_size: int) -> tuple[Tensor, Tensor] | None:
+    """How :func:`imagine` batches T tasks by member: None when they are member-major with
+    ``T / K`` tasks each (``T x N -> K x (T/K * N)`` is then a free reshape); else
+    ``(slot_K_M, pos_T)``: the task in each of ``M`` (the most tasks any member has) slots of
+    every member, unused slots padded with task 0 (computed, then dropped), and each task's
+    flat slot ``k * M + j``."""
+    T, K = members_T.shape[0], ensemble_size
+    if members_T.ndim != 1 or T == 0 or int(members_T.min()) < 0 or int(members_T.max()) >= K:
+        raise ValueError(f"members must be a non-empty [T] tensor of member indices in "
+                         f"[0, {K}), got {members_T.tolist()}")
+    if T % K == 0 and torch.equal(members_T.cpu(), torch.arange(T) // (T // K)):
+        return None
+    members_T = members_T.cpu()
+    order = torch.argsort(members_T, stable=True)  # tasks grouped by member, in task order
+    counts = torch.bincount(members_T, minlength=K)
+    first = torch.cumsum(counts, 0) - counts  # where each member's group starts in ``order``
+    j = torch.arange(T) - first[members_T[order]]  # each task's slot within its member
+    M = int(counts.max())
+    slot = torch.zeros(K, M, dtype=torch.long)
+    slot[members_T[order], j] = order
+    pos = torch.empty(T, dtype=torch.long)
+    pos[order] = members_T[order] * M + j
+    return slot, pos
+
+
+def _step_members(dynamics: Dynamics, obs_T_N_D: Tensor, act_T_N_A: Tensor,
+                  slots: tuple[Tensor, Tensor] | None, deterministic: bool,
+                  generator: torch.Generator | None) -> Tensor:
+    """Every task's next states ``T x N x D`` from one batched model call on ``K x B x D``
+    (each task's rows go to its member, :func:`_member_slots`)."""
+    T, N, D = obs_T_N_D.shape
+    K = dynamics.ensemble_size
+    if slots is None:  # member-major: a free reshape
+        obs, act = obs_T_N_D.reshape(K, -1, D), act_T_N_A.reshape(K, -1, act_T_N_A.shape[-1])
+    else:
+        slot = slots[0].to(obs_T_N_D.device)
+        obs = obs_T_N_D[slot].reshape(K, -1, D)
+        act = act_T_N_A[slot].reshape(K, -1, act_T_N_A.shape[-1])
+    nxt = dynamics.sample_next_obs(obs, act, deterministic=deterministic, generator=generator)
+    if slots is None:
+        return nxt.reshape(T, N, D)
+    return nxt.reshape(-1, N, D)[slots[1].to(nxt.device)]
+
+
 def imagine(
     dynamics: Dynamics,
     policy_fn: PolicyFn,
@@ -250,6 +312,7 @@ def imagine(
     deterministic_model: bool = True,
     compute_disagreement: bool = False,
     bounds: StateBounds | None = None,
+    members: Tensor | None = None,
 ) -> ImaginedBatch:
     """Roll a policy out in the ensemble for ``horizon`` steps from real start states.
 
@@ -257,7 +320,7 @@ def imagine(
         dynamics: ensemble with ``ensemble_size`` K and ``sample_next_obs(obs_K_B_D, act_K_B_A)``.
         policy_fn: ``(obs_T_N_D, generator) -> (raw_action_T_N_A, log_prob_T_N)``; it may run a
             different policy per task (task-batched parameters).
-        start_obs_T_N_D: start states, T tasks (a multiple of K) x N rollouts.
+        start_obs_T_N_D: start states, T tasks x N rollouts.
         horizon: H imagined steps.
         reward_fn: ``(obs, act, next_obs) -> reward`` on any leading batch shape.
         termination_fn: ``next_obs -> done`` or None for never-terminating envs.
@@ -269,6 +332,9 @@ def imagine(
             (K times the model FLOPs; for diagnostics).
         bounds: if given, every predicted next state is clipped to it (:class:`StateBounds`)
             before the reward and termination functions see it.
+        members: ``[T]`` the member that plays each task (e.g. ``task_members(T_all, K)`` of
+            one learner's tasks); default ``task_members(T, K)`` (T a multiple of K). Each
+            step is one model call on ``K x (M * N) x D``, M the most tasks of one member.
 
     Returns:
         An :class:`ImaginedBatch`. After a rollout terminates, its state is frozen, rewards are 0
@@ -276,7 +342,12 @@ def imagine(
     """
     T, N, D = start_obs_T_N_D.shape
     K = dynamics.ensemble_size
-    task_members(T, K)  # validates T % K == 0
+    if members is None:
+        members = task_members(T, K)  # validates T % K == 0
+    elif tuple(members.shape) != (T,):
+        raise ValueError(f"members must have one entry per task ({T}), got shape "
+                         f"{tuple(members.shape)}")
+    slots = _member_slots(members, K)
     low = torch.as_tensor(action_low, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
     high = torch.as_tensor(action_high, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
 
@@ -287,13 +358,7 @@ def imagine(
         for _ in range(horizon):
             raw_act, logp = policy_fn(obs, generator)
             act = torch.maximum(torch.minimum(raw_act, high), low)
-            # Tasks are member-major, so T x N -> K x (T/K * N) is a free reshape.
-            next_obs = dynamics.sample_next_obs(
-                obs.reshape(K, -1, D),
-                act.reshape(K, -1, act.shape[-1]),
-                deterministic=deterministic_model,
-                generator=generator,
-            ).reshape(T, N, D)
+            next_obs = _step_members(dynamics, obs, act, slots, deterministic_model, generator)
             if bounds is not None:
                 next_obs = bounds.clip(obs, next_obs)
             if compute_disagreement:
@@ -328,12 +393,17 @@ def member_disagreement(dynamics: Dynamics, obs_T_N_D: Tensor, act_T_N_A: Tensor
 
 
 class ImaginationSampler:
-    """Draws T x N start states from real states and imagines H steps with task-batched policy
-    params.
+    """Draws start states from real states and imagines H steps with task-batched policy
+    params, for all T tasks or one learner's share ``tasks`` of them.
 
-    Every call draws fresh start states (uniformly, with replacement, from ``start_obs_M_D``)
-    with one ``torch.randint`` of ``generator``, then runs :func:`imagine` with the same
-    generator, so a seeded generator gives the same sequence of batches.
+    Every task has its own random stream (a generator seeded with :func:`task_seed` of
+    ``(seed, task)``): on each call it draws its N start states (uniformly, with replacement,
+    from ``start_obs_M_D``; one ``torch.randint``) and then the policy noise of all H steps
+    (one ``N(0, 1)`` block ``H x N x A``). So a seeded sampler gives the same sequence of
+    batches, and task t's rollouts are the same whichever learner samples it with whichever
+    other tasks. The model's own noise (a probabilistic model sampled with
+    ``deterministic_model=False``, or :class:`BiasedDynamics`) comes from one further stream
+    per sampler, so it does depend on the split.
 
     Args:
         dynamics: the model (:class:`Dynamics`, e.g. a ``DynamicsEnsemble``) with K members.
@@ -346,8 +416,9 @@ class ImaginationSampler:
         reward_fn, termination_fn, action_low, action_high, deterministic_model, bounds: as
             in :func:`imagine` (the action box is moved to the start states' device and
             dtype, ``bounds`` too).
-        generator: torch RNG on the start states' device, for the start states, the policy
-            and a probabilistic model.
+        seed: seeds the streams (None: a seed drawn from torch's global generator).
+        tasks: the tasks this sampler imagines (default all T; e.g. one learner's share,
+            ``range(rank, T, world_size)``): batches hold task ``tasks[i]`` at index i.
     """
 
     def __init__(
@@ -363,11 +434,17 @@ class ImaginationSampler:
         termination_fn: Callable | None,
         action_low: Tensor | float,
         action_high: Tensor | float,
-        generator: torch.Generator | None,
+        seed: int | None,
+        tasks: Sequence[int] | None = None,
         deterministic_model: bool = True,
         bounds: StateBounds | None = None,
     ) -> None:
-        task_members(num_tasks, dynamics.ensemble_size)  # validates T % K == 0
+        members = task_members(num_tasks, dynamics.ensemble_size)  # validates T % K == 0
+        tasks = list(range(num_tasks) if tasks is None else tasks)
+        if not tasks or len(set(tasks)) < len(tasks) or not all(0 <= t < num_tasks
+                                                                 for t in tasks):
+            raise ValueError(f"tasks must be distinct task indices in [0, {num_tasks}), got "
+                             f"{tasks}")
         if start_obs_M_D.ndim != 2 or len(start_obs_M_D) == 0:
             raise ValueError(f"start_obs_M_D must be a non-empty M x D tensor, got shape "
                              f"{tuple(start_obs_M_D.shape)}")
@@ -377,11 +454,18 @@ class ImaginationSampler:
         ref = start_obs_M_D
         self.dynamics, self.policy, self.start_obs = dynamics, policy, start_obs_M_D
         self.num_tasks, self.rollouts_per_task = int(num_tasks), int(rollouts_per_task)
+        self.tasks, self.members = tasks, members[tasks].to(ref.device)
         self.horizon = int(horizon)
         self.reward_fn, self.termination_fn = reward_fn, termination_fn
         self.action_low = torch.as_tensor(action_low, dtype=ref.dtype, device=ref.device)
         self.action_high = torch.as_tensor(action_high, dtype=ref.dtype, device=ref.device)
-        self.generator = generator
+        if seed is None:
+            seed = int(torch.randint(2**62, (), dtype=torch.long))
+        new_gen = lambda key: torch.Generator(device=ref.device).manual_seed(  # noqa: E731
+            task_seed(seed, key))
+        self.task_generators = [new_gen(t) for t in tasks]
+        # the model's noise: one stream of this share of the tasks (keys past the tasks')
+        self.model_generator = new_gen(self.num_tasks + tasks[0])
         self.deterministic_model = deterministic_model
         self.bounds = None if bounds is None else bounds.to(device=ref.device, dtype=ref.dtype)
 
@@ -392,28 +476,45 @@ class ImaginationSampler:
         return member_disagreement(self.dynamics, obs_T_N_D, act)
 
     def start_states(self) -> Tensor:
-        """``T x N x D`` start states drawn from the real states (one ``torch.randint``)."""
-        start = self.start_obs
-        idx = torch.randint(len(start), (self.num_tasks, self.rollouts_per_task),
-                            generator=self.generator, device=start.device)
+        """``T x N x D`` start states drawn from the real states (one ``torch.randint`` of
+        each task's stream)."""
+        start, n = self.start_obs, self.rollouts_per_task
+        idx = torch.stack([torch.randint(len(start), (n,), generator=g, device=start.device)
+                           for g in self.task_generators])
         return start[idx]
 
+    def policy_noise(self, act_dim: int) -> Tensor:
+        """``T x H x N x A`` standard-normal policy noise of a call (one block per task)."""
+        ref = self.start_obs
+        shape = (self.horizon, self.rollouts_per_task, act_dim)
+        return torch.stack([torch.randn(shape, generator=g, dtype=ref.dtype, device=ref.device)
+                            for g in self.task_generators])
+
     def __call__(self, task_params: dict[str, Tensor]) -> ImaginedBatch:
-        """Imagined rollouts of task ``t``'s policy ``task_params[..][t]`` (every parameter
-        has a leading task axis T) from fresh start states."""
-        policy = self.policy
+        """Imagined rollouts of task ``tasks[i]``'s policy ``task_params[..][i]`` (every
+        parameter has a leading task axis ``len(tasks)``) from fresh start states."""
+        start = self.start_states()
+        noise: list[Tensor] = []  # the T x N x A noise of each step, drawn at the first
+
+        def policy_fn(obs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+            mean, log_std = self.policy.mean_and_log_std(task_params, obs, batched=True)
+            if not noise:
+                noise.extend(self.policy_noise(mean.shape[-1]).unbind(1)[::-1])
+            return gaussian_sample(mean, log_std, noise.pop())
+
         return imagine(
             self.dynamics,
-            lambda obs, g: policy.sample(task_params, obs, g, batched=True),
-            self.start_states(),
+            policy_fn,
+            start,
             self.horizon,
             self.reward_fn,
             self.termination_fn,
             action_low=self.action_low,
             action_high=self.action_high,
-            generator=self.generator,
+            generator=self.model_generator,
             deterministic_model=self.deterministic_model,
             bounds=self.bounds,
+            members=self.members,
         )
 
 

@@ -13,9 +13,12 @@ from mbmpo_ray.imagination import (
     autocast_dtype,
     bf16_is_fast,
     first_task_of_each_member,
+    gaussian_sample,
     imagine,
     task_members,
+    task_seed,
 )
+from mbmpo_ray.meta import GaussianMLPPolicy
 from mbmpo_ray.models import DynamicsEnsemble
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mbmpo_ray"
@@ -131,13 +134,12 @@ def test_state_bounds_clip_changes_and_states_to_the_widened_data_range():
 
 
 class NoisyLinearPolicy:
-    """Duck-typed task-batched policy: a = w_t * obs_0 + exp(log_std_t) * eps."""
+    """Duck-typed task-batched Gaussian policy: a = w_t * obs_0 + exp(log_std_t) * eps."""
 
-    def sample(self, params, obs, generator=None, batched=False):
+    def mean_and_log_std(self, params, obs, batched=False):
         assert batched
         mean = params["w"].view(-1, 1, 1) * obs[..., :1]
-        eps = torch.randn(mean.shape, generator=generator, dtype=obs.dtype)
-        return mean + params["log_std"].exp().view(-1, 1, 1) * eps, -0.5 * eps.square().sum(-1)
+        return mean, params["log_std"].view(-1, 1, 1).expand_as(mean)
 
 
 def _fitted_probabilistic_ensemble(k=2):
@@ -148,38 +150,102 @@ def _fitted_probabilistic_ensemble(k=2):
     return ens, obs
 
 
+def _sampler(ens, real, T, tasks=None, seed=7, **kw):
+    common = dict(rollouts_per_task=3, horizon=5, reward_fn=lambda o, a, n: n[..., 0] - a[
+        ..., 0].square(), termination_fn=lambda n: n[..., 1] > 2.0, action_low=-1.0,
+        action_high=1.0)
+    return ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=T, seed=seed,
+                              tasks=tasks, **{**common, **kw})
+
+
 @pytest.mark.parametrize("deterministic_model", [True, False])
 def test_imagination_sampler_equals_a_direct_imagine_call(deterministic_model):
+    """Each task draws its start states and then an H x N x A block of policy noise from its
+    own generator (seeded by task_seed); the model's noise has a generator of its own."""
     ens, real = _fitted_probabilistic_ensemble()
-    T, N, H = 4, 3, 5
-    policy = NoisyLinearPolicy()
+    T, N, H, seed = 4, 3, 5, 7
     params = {"w": torch.linspace(-1, 1, T), "log_std": torch.full((T,), -1.0)}
-    reward_fn = lambda o, a, n: n[..., 0] - a[..., 0].square()
-    term_fn = lambda n: n[..., 1] > 2.0
     bounds = StateBounds.from_transitions(real, real + 0.1, margin=2.0)
-    common = dict(action_low=-1.0, action_high=1.0, deterministic_model=deterministic_model,
-                  bounds=bounds)
-    sampler = ImaginationSampler(ens, policy, real, num_tasks=T, rollouts_per_task=N,
-                                 horizon=H, reward_fn=reward_fn, termination_fn=term_fn,
-                                 generator=torch.Generator().manual_seed(7), **common)
-    gen = torch.Generator().manual_seed(7)
-    for _ in range(2):  # consecutive calls continue the same random stream
+    sampler = _sampler(ens, real, T, deterministic_model=deterministic_model, bounds=bounds)
+    gens = [torch.Generator().manual_seed(task_seed(seed, t)) for t in range(T)]
+    model_gen = torch.Generator().manual_seed(task_seed(seed, T))
+    for _ in range(2):  # consecutive calls continue the same random streams
         got = sampler(params)
-        idx = torch.randint(len(real), (T, N), generator=gen)
-        want = imagine(ens, lambda obs, g: policy.sample(params, obs, g, batched=True),
-                       real[idx], H, reward_fn, term_fn, generator=gen, **common)
+        idx = torch.stack([torch.randint(len(real), (N,), generator=g) for g in gens])
+        eps = torch.stack([torch.randn(H, N, 1, generator=g) for g in gens])
+        steps = iter(eps.unbind(1))
+
+        def policy_fn(obs, g, steps=steps):
+            mean, log_std = NoisyLinearPolicy().mean_and_log_std(params, obs, batched=True)
+            return gaussian_sample(mean, log_std, next(steps))
+
+        want = imagine(ens, policy_fn, real[idx], H, sampler.reward_fn, sampler.termination_fn,
+                       action_low=-1.0, action_high=1.0, deterministic_model=deterministic_model,
+                       bounds=bounds, generator=model_gen)
         for name in ("obs", "actions", "rewards", "dones", "mask", "log_probs", "next_obs"):
             assert torch.equal(getattr(got, name), getattr(want, name)), name
         assert got.obs.shape == (T, N, H, 2)
         # start states are real states
         assert all(any(torch.equal(s, r) for r in real) for s in got.obs[:, :, 0].reshape(-1, 2))
-    assert torch.equal(sampler.generator.get_state(), gen.get_state())
+    assert torch.equal(sampler.model_generator.get_state(), model_gen.get_state())
+
+
+def test_a_share_of_the_tasks_imagines_what_all_tasks_do_for_them():
+    """One learner's tasks (any subset, e.g. every 3rd: members unevenly represented) get the
+    rollouts they get among all T tasks (a deterministic model; same seed), at index i."""
+    torch.manual_seed(0)
+    K, T = 5, 20
+    ens = DynamicsEnsemble(2, 1, K, (16,))
+    real = torch.randn(50, 2)
+    params = {"w": torch.linspace(-1, 1, T), "log_std": torch.linspace(-2, 0, T)}
+    full = _sampler(ens, real, T)
+    shares = [_sampler(ens, real, T, range(r, T, 3)) for r in range(3)]
+    shares.append(_sampler(ens, real, T, range(8, 13)))  # members 2 and 3, contiguous
+    for _ in range(2):
+        want = full(params)
+        for share in shares:
+            got = share({k: v[share.tasks] for k, v in params.items()})
+            assert got.obs.shape[0] == len(share.tasks)
+            for name in ("obs", "actions", "rewards", "log_probs", "next_obs"):
+                torch.testing.assert_close(getattr(got, name), getattr(want, name)[share.tasks],
+                                           rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_imagine_batches_any_task_to_member_map_by_member():
+    """members= puts each task's rows through its member, with padding where the members
+    have unequal numbers of tasks."""
+    K = 3
+    start = torch.zeros(4, 2, 1)
+    members = torch.tensor([2, 0, 2, 2])
+    batch = imagine(LinearMembers(K), const_policy(1.0), start, 2, lambda o, a, n: n[..., 0],
+                    None, action_low=-1.0, action_high=1.0, members=members)
+    # member k moves by k + 1 per step
+    torch.testing.assert_close(batch.next_obs[:, 0, -1, 0], torch.tensor([6.0, 2.0, 6.0, 6.0]))
+    with pytest.raises(ValueError, match="one entry per task"):
+        imagine(LinearMembers(K), const_policy(1.0), start, 2, lambda o, a, n: n[..., 0], None,
+                action_low=-1.0, action_high=1.0, members=members[:3])
+    with pytest.raises(ValueError, match="member indices"):
+        imagine(LinearMembers(K), const_policy(1.0), start, 2, lambda o, a, n: n[..., 0], None,
+                action_low=-1.0, action_high=1.0, members=torch.tensor([0, 1, 3, 0]))
+
+
+def test_gaussian_sample_is_the_policy_sample_with_that_noise():
+    policy = GaussianMLPPolicy(3, 2, hidden_sizes=(8,))
+    params = policy.expand_params(policy.init_params(torch.Generator().manual_seed(0)), 4)
+    obs = torch.randn(4, 5, 3)
+    act, logp = policy.sample(params, obs, torch.Generator().manual_seed(1), batched=True)
+    eps = torch.randn(4, 5, 2, generator=torch.Generator().manual_seed(1))
+    mine = gaussian_sample(*policy.mean_and_log_std(params, obs, batched=True), eps)
+    torch.testing.assert_close(mine[0], act)
+    torch.testing.assert_close(mine[1], logp)
+    assert task_seed(0, 1) != task_seed(0, 2) != task_seed(1, 1)
+    assert 0 <= task_seed(-3, 10**6) < 2**63
 
 
 def test_imagination_sampler_rejects_bad_sizes():
     ens, real = _fitted_probabilistic_ensemble(k=2)
     kw = dict(rollouts_per_task=2, horizon=3, reward_fn=lambda o, a, n: n[..., 0],
-              termination_fn=None, action_low=-1.0, action_high=1.0, generator=None)
+              termination_fn=None, action_low=-1.0, action_high=1.0, seed=None)
     with pytest.raises(ValueError, match="multiple of ensemble_size"):
         ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=3, **kw)
     with pytest.raises(ValueError, match="M x D"):
@@ -187,6 +253,9 @@ def test_imagination_sampler_rejects_bad_sizes():
     with pytest.raises(ValueError, match="horizon"):
         ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=2,
                            **{**kw, "horizon": 0})
+    for tasks in ([], [0, 0], [2]):
+        with pytest.raises(ValueError, match="distinct task indices"):
+            ImaginationSampler(ens, NoisyLinearPolicy(), real, num_tasks=2, tasks=tasks, **kw)
 
 
 def _imported_modules(path: Path) -> set[str]:

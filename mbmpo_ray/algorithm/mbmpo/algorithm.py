@@ -18,6 +18,7 @@ from ray.rllib.utils.metrics import (
 
 from mbmpo_ray.algorithm.base import ModelBasedAlgorithm, mean_std
 from mbmpo_ray.algorithm.mbmpo.config import MBMPOConfig
+from mbmpo_ray.algorithm.mbmpo.learner import merge_learner_results
 from mbmpo_ray.imagination import StateBounds
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ class MBMPO(ModelBasedAlgorithm):
         return next(iter(res)).get()
 
     def _meta_update(self, seed: int) -> dict[str, Any]:
-        """The meta phase on the Learner: ``meta_steps_per_iter`` meta steps in imagination
-        started from real states, then the K adapted policies for the next real sampling."""
+        """The meta phase on the Learner(s): ``meta_steps_per_iter`` meta steps in imagination
+        started from real states, then the K adapted policies for the next real sampling.
+        With N learners each runs its share of the tasks (the ensemble and start states go
+        to all through the object store) and their shares are merged in task order."""
         cfg, data = self.config, self.buffer.all()
         bounds = None
         if cfg.imagine_clip_margin is not None:
@@ -124,7 +127,15 @@ class MBMPO(ModelBasedAlgorithm):
             seed=seed,
             max_abs_return=cfg.max_abs_imagined_return,
         )
-        meta = next(iter(res)).get()
+        failed = [r for r in res if not r.ok]
+        if failed or len(res) != max(1, cfg.num_learners):
+            why = f": {failed[0].get()!r}" if failed else ""
+            raise RuntimeError(
+                f"the meta update got {len(res) - len(failed)} of {max(1, cfg.num_learners)} "
+                f"learners' results in iteration {self.iteration + 1}{why}. A learner failed "
+                "or was lost (its peers stop in their collectives): restore the run from its "
+                "last checkpoint (train --resume)")
+        meta = merge_learner_results([r.get() for r in res], cfg.num_tasks, cfg.ensemble_size)
         self._adapted_params = meta["adapted_params"]
         if meta.get("diverged"):
             logger.warning(
