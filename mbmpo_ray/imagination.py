@@ -254,12 +254,13 @@ def gaussian_sample(mean: Tensor, log_std: Tensor, eps: Tensor) -> tuple[Tensor,
     return act, logp
 
 
-def _member_slots(members_T: Tensor, ensemble_size: int) -> tuple[Tensor, Tensor] | None:
+def _member_slots(members_T: Tensor, ensemble_size: int,
+                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor] | None:
     """How :func:`imagine` batches T tasks by member: None when they are member-major with
     ``T / K`` tasks each (``T x N -> K x (T/K * N)`` is then a free reshape); else
     ``(slot_K_M, pos_T)``: the task in each of ``M`` (the most tasks any member has) slots of
     every member, unused slots padded with task 0 (computed, then dropped), and each task's
-    flat slot ``k * M + j``."""
+    flat slot ``k * M + j`` (both on ``device``)."""
     T, K = members_T.shape[0], ensemble_size
     if members_T.ndim != 1 or T == 0 or int(members_T.min()) < 0 or int(members_T.max()) >= K:
         raise ValueError(f"members must be a non-empty [T] tensor of member indices in "
@@ -276,26 +277,26 @@ def _member_slots(members_T: Tensor, ensemble_size: int) -> tuple[Tensor, Tensor
     slot[members_T[order], j] = order
     pos = torch.empty(T, dtype=torch.long)
     pos[order] = members_T[order] * M + j
-    return slot, pos
+    return slot.to(device), pos.to(device)
 
 
 def _step_members(dynamics: Dynamics, obs_T_N_D: Tensor, act_T_N_A: Tensor,
                   slots: tuple[Tensor, Tensor] | None, deterministic: bool,
                   generator: torch.Generator | None) -> Tensor:
     """Every task's next states ``T x N x D`` from one batched model call on ``K x B x D``
-    (each task's rows go to its member, :func:`_member_slots`)."""
+    (each task's rows go to its member; ``slots``: :func:`_member_slots`, on the states'
+    device)."""
     T, N, D = obs_T_N_D.shape
     K = dynamics.ensemble_size
     if slots is None:  # member-major: a free reshape
         obs, act = obs_T_N_D.reshape(K, -1, D), act_T_N_A.reshape(K, -1, act_T_N_A.shape[-1])
     else:
-        slot = slots[0].to(obs_T_N_D.device)
-        obs = obs_T_N_D[slot].reshape(K, -1, D)
-        act = act_T_N_A[slot].reshape(K, -1, act_T_N_A.shape[-1])
+        obs = obs_T_N_D[slots[0]].reshape(K, -1, D)
+        act = act_T_N_A[slots[0]].reshape(K, -1, act_T_N_A.shape[-1])
     nxt = dynamics.sample_next_obs(obs, act, deterministic=deterministic, generator=generator)
     if slots is None:
         return nxt.reshape(T, N, D)
-    return nxt.reshape(-1, N, D)[slots[1].to(nxt.device)]
+    return nxt.reshape(-1, N, D)[slots[1]]
 
 
 def imagine(
@@ -347,7 +348,7 @@ def imagine(
     elif tuple(members.shape) != (T,):
         raise ValueError(f"members must have one entry per task ({T}), got shape "
                          f"{tuple(members.shape)}")
-    slots = _member_slots(members, K)
+    slots = _member_slots(members, K, start_obs_T_N_D.device)
     low = torch.as_tensor(action_low, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
     high = torch.as_tensor(action_high, dtype=start_obs_T_N_D.dtype, device=start_obs_T_N_D.device)
 
