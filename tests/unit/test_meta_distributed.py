@@ -136,8 +136,9 @@ def _run_learners(cfg: MetaConfig, steps: int, num_learners: int,
 
 
 def _assert_params_close(a: dict, b: dict) -> None:
-    """float32: ``atol 5e-5``; float64: ``1e-9`` (``rtol`` twice that)."""
-    tol = 1e-9 if a["log_std"].dtype == torch.float64 else 5e-5
+    """float32: ``atol 5e-5``; float64: ``1e-8`` (``rtol`` twice that; the summation order
+    alone moved the result by up to 1.7e-9 in 1 run of 3)."""
+    tol = 1e-8 if a["log_std"].dtype == torch.float64 else 5e-5
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=2 * tol, atol=tol,
                                    msg=lambda m, k=k: f"{k}: {m}")

@@ -74,3 +74,12 @@ def test_every_declared_rule_is_checked(cls):
         cfg = cls().environment("Pendulum-v1")
         cfg.__dict__[name] = object()  # no rule accepts it
         assert any(p.startswith(f"{name} ") for p in cfg.problems()), name
+
+
+def test_learners_beyond_what_the_algorithm_splits_are_refused():
+    mbmpo = MBMPOConfig().environment("Pendulum-v1")
+    assert mbmpo.learners(num_learners=2).problems() == []  # tasks split over learners
+    assert any("num_learners=30 > num_tasks=20" in p
+               for p in mbmpo.learners(num_learners=30).problems())
+    mbpo = MBPOConfig().environment("Pendulum-v1").learners(num_learners=2)
+    assert any("one Learner" in p for p in mbpo.problems())  # MBPO: not yet

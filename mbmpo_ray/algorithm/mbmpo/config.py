@@ -270,6 +270,9 @@ class MBMPOConfig(ModelBasedConfig, FitSettingsConfig, AlgorithmConfig):
             found.append(
                 f"num_tasks={self.num_tasks} must be a multiple of ensemble_size={K} so every "
                 f"model is used equally; e.g. num_tasks={K * max(1, round(self.num_tasks / K))}")
+        if self.num_learners > self.num_tasks:
+            found.append(f"num_learners={self.num_learners} > num_tasks={self.num_tasks}: each "
+                         "learner runs at least one task of the meta step; lower num_learners")
         return found
 
     # ------------------------------------------------------------------ RLlib hooks
