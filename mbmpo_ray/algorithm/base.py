@@ -43,7 +43,6 @@ from mbmpo_ray.buffer import TransitionBuffer, invalid_rows
 from mbmpo_ray.envs import EnvCreator
 
 STATE_KEY = "model_based"
-_LAST = {"reduce": "mean", "window": 1}  # per-iteration values
 logger = logging.getLogger(__name__)
 
 
@@ -139,8 +138,9 @@ class ModelBasedAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ shared phases
     def timed(self, phase: str):
-        """Context manager timing one phase into this iteration's ``timers/<phase>``."""
-        return self.metrics.log_time((TIMERS, phase), **_LAST)
+        """Context manager timing one phase into this iteration's ``timers/<phase>``: the
+        seconds of all its runs in the iteration (MBPO samples and updates block by block)."""
+        return self.metrics.log_time((TIMERS, phase), reduce="sum")
 
     def store(self, new: dict[str, Any]) -> dict[str, Any]:
         """Put new real transitions into the buffer, dropping (and counting, with a warning)

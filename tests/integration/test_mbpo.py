@@ -81,6 +81,12 @@ def test_block_of_one_and_updates_per_step():
         assert result["num_sac_updates_lifetime"] == 30
         assert result["learners"]["default_policy"]["num_target_updates"] == 30
         assert len(algo.buffer) == RANDOM + 10
+        # the phase timers add up every block of the iteration (not just the last one)
+        result = algo.train()
+        phases = ("sample_real", "fit_models", "model_rollouts", "sac_updates",
+                  "synch_weights", "evaluate_real")
+        timed = sum(result["timers"][p] for p in phases)
+        assert 0.6 * result["time_this_iter_s"] < timed <= result["time_this_iter_s"]
     finally:
         algo.stop()
 
