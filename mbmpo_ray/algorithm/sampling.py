@@ -3,8 +3,16 @@ restarted runners when a runner dies, returned as transition arrays.
 
 A job is ``(job_id, params | None, sample_kwargs, seed)``: it loads ``params`` into the runner's
 module (None: keep the runner's weights), reseeds everything random on the runner and calls
-``EnvRunner.sample(**sample_kwargs)``. A job therefore gives the same transitions wherever and
-whenever it runs, so a restored or retried run continues exactly as the uninterrupted one.
+``EnvRunner.sample(**sample_kwargs)`` (:func:`run_jobs`, MB-MPO's sampling) or plays evaluation
+episodes on the runner's separate evaluation env (:func:`evaluate_jobs`, both algorithms). A
+job therefore gives the same result wherever and whenever it runs, so a restored or retried run
+continues exactly as the uninterrupted one. MBPO's blocks (:meth:`RealSampler.run_steps`,
+:func:`sample_block`) instead continue each runner's episodes from block to block; a block
+lost with its runner is sampled again elsewhere, from fresh seeded episodes.
+
+RLlib has no public way to reseed a runner's envs between ``sample()`` calls, nor to mark a
+runner that does not answer in time as unhealthy: :func:`_reseed` and
+:meth:`RealSampler._run_once` use the two private attributes needed for that.
 """
 
 from __future__ import annotations
