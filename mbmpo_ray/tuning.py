@@ -178,9 +178,15 @@ def run_sweep(args: argparse.Namespace, plan: dict[str, Any] | None = None) -> i
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
     if not args.address:  # a local cluster does not grow: a trial larger than it waits forever
-        note = fit_trials_to_cluster(plan, ray.cluster_resources().get("CPU", 1.0))
+        total = ray.cluster_resources().get("CPU", 1.0)
+        note = fit_trials_to_cluster(plan, total)
         if note:
             print(note, flush=True)
+        busy = total - ray.available_resources().get("CPU", 0.0)
+        if busy > 1e-6:
+            print(f"note: {busy:g} of this Ray cluster's {total:g} CPUs are held by other Ray "
+                  "work (another driver, or actors still shutting down); trials that need "
+                  "them wait until they are free", flush=True)
 
     tuner = _make_tuner(args, plan)
     watch = _InterruptWatch()

@@ -39,3 +39,11 @@ def smoke_config(algo: str, env: str = "pendulum", **overrides):
 def algo_name(request) -> str:
     """Each reliability test runs for both algorithms."""
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Learning tests (``slow``) run for minutes: an hour each before pytest-timeout stops one
+    (setup.cfg's 15 minutes are for the fast tiers)."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(3600))

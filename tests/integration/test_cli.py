@@ -319,17 +319,22 @@ def test_sweep_trials_are_fitted_to_a_small_local_cluster(tmp_path):
         tuning.fit_trials_to_cluster(_plan("model_bias", storage=str(tmp_path)), 0.5)
 
 
-def test_sweep_too_big_for_the_local_cluster_still_runs(ray_local, monkeypatch, tmp_path,
-                                                        capsys):
-    """End to end: a trial asking for 3 CPUs (driver + 2 model trainers x 1 CPU) on the
-    2-CPU test cluster starts and finishes instead of waiting for resources."""
-    import tune_configs.sweeps
-
-    monkeypatch.setitem(tune_configs.sweeps.SWEEPS, "too_big", dict(
-        config="pendulum", variant="smoke", grid={"num_model_trainers": [2]}, seeds=1,
-        iterations=1))
-    assert main(["tune", "too_big", "--storage", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_sweep_too_big_for_the_local_cluster_still_runs(tmp_path):
+    """End to end: a trial asking for 3 CPUs (driver + 2 model trainers x 1 CPU) on a 2-CPU
+    local Ray starts and finishes instead of waiting for resources. Its own Ray, in a child
+    process: the session's shared test cluster may still hold a CPU share of an actor an
+    earlier test killed (a CI run once waited here for 80 minutes)."""
+    script = (
+        "import sys, ray, tune_configs.sweeps as s\n"
+        "s.SWEEPS['too_big'] = dict(config='pendulum', variant='smoke', "
+        "grid={'num_model_trainers': [2]}, seeds=1, iterations=1)\n"
+        "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        "from mbmpo_ray.cli import main\n"
+        f"sys.exit(main(['tune', 'too_big', '--storage', {str(tmp_path)!r}]))\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = res.stdout
+    assert res.returncode == 0, out[-3000:] + res.stderr[-3000:]
     assert "needs 3 CPUs" in out and "1 -> 0.5" in out
     assert " ok" in out.split("real steps")[-1]
 
