@@ -136,6 +136,23 @@ class ModelBasedAlgorithm(Algorithm):
             return pgf
         return PlacementGroupFactory(pgf.bundles + extra, strategy=pgf.strategy)
 
+    def all_learners_results(self, res, what: str) -> list[Any]:
+        """The results of a ``foreach_learner`` call on every learner, in learner order.
+
+        Raises:
+            RuntimeError: a learner failed or was lost (its peers would wait in their
+                collectives): says so and how to go on (resume from the last checkpoint).
+        """
+        want = max(1, self.config.num_learners)
+        failed = [r for r in res if not r.ok]
+        if failed or len(res) != want:
+            why = f": {failed[0].get()!r}" if failed else ""
+            raise RuntimeError(
+                f"{what} got {len(res) - len(failed)} of {want} learners' results in iteration "
+                f"{self.iteration + 1}{why}. A learner failed or was lost (its peers stop in "
+                "their collectives): restore the run from its last checkpoint (train --resume)")
+        return [r.get() for r in res]
+
     # ------------------------------------------------------------------ shared phases
     def timed(self, phase: str):
         """Context manager timing one phase into this iteration's ``timers/<phase>``: the

@@ -123,8 +123,6 @@ class ModelBasedConfig:
     TUPLE_SETTINGS: ClassVar[tuple[str, ...]] = ("model_hidden_sizes",)
     # actions must be bounded (SAC's squashed Gaussian) or may be unbounded
     BOUNDED_ACTIONS: ClassVar[bool] = False
-    # whether the update runs over several Learners (.learners(num_learners=N > 1))
-    MULTI_LEARNER: ClassVar[bool] = False
 
     @classmethod
     def declarations(cls) -> dict[str, Declared]:
@@ -244,9 +242,6 @@ class ModelBasedConfig:
             found.append(f"num_model_trainers={self.num_model_trainers} > ensemble_size="
                          f"{self.ensemble_size}: each trainer fits at least one member; lower "
                          "it")
-        if self.num_learners > 1 and not self.MULTI_LEARNER:
-            found.append(f"{self.DISPLAY_NAME} runs its update on one Learner: use "
-                         ".learners(num_learners=0 or 1)")
         return found
 
     def validate_spaces(self, obs_space: gym.Space, act_space: gym.Space) -> None:

@@ -76,10 +76,12 @@ def test_every_declared_rule_is_checked(cls):
         assert any(p.startswith(f"{name} ") for p in cfg.problems()), name
 
 
-def test_learners_beyond_what_the_algorithm_splits_are_refused():
+def test_learners_beyond_what_the_algorithm_splits_are_refused_at_validation():
     mbmpo = MBMPOConfig().environment("Pendulum-v1")
     assert mbmpo.learners(num_learners=2).problems() == []  # tasks split over learners
     assert any("num_learners=30 > num_tasks=20" in p
                for p in mbmpo.learners(num_learners=30).problems())
     mbpo = MBPOConfig().environment("Pendulum-v1").learners(num_learners=2)
-    assert any("one Learner" in p for p in mbpo.problems())  # MBPO: not yet
+    assert mbpo.problems() == []  # each learner a share of an N times larger SAC batch
+    assert any("sac_cuda_graph captures one learner" in p
+               for p in mbpo.training(sac_cuda_graph=True).problems())

@@ -127,15 +127,8 @@ class MBMPO(ModelBasedAlgorithm):
             seed=seed,
             max_abs_return=cfg.max_abs_imagined_return,
         )
-        failed = [r for r in res if not r.ok]
-        if failed or len(res) != max(1, cfg.num_learners):
-            why = f": {failed[0].get()!r}" if failed else ""
-            raise RuntimeError(
-                f"the meta update got {len(res) - len(failed)} of {max(1, cfg.num_learners)} "
-                f"learners' results in iteration {self.iteration + 1}{why}. A learner failed "
-                "or was lost (its peers stop in their collectives): restore the run from its "
-                "last checkpoint (train --resume)")
-        meta = merge_learner_results([r.get() for r in res], cfg.num_tasks, cfg.ensemble_size)
+        meta = merge_learner_results(self.all_learners_results(res, "the meta update"),
+                                     cfg.num_tasks, cfg.ensemble_size)
         self._adapted_params = meta["adapted_params"]
         if meta.get("diverged"):
             logger.warning(

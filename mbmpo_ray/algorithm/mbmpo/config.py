@@ -100,8 +100,6 @@ class MBMPOConfig(ModelBasedConfig, FitSettingsConfig, AlgorithmConfig):
     DISPLAY_NAME = "MB-MPO"
     OWN = OWN
     TUPLE_SETTINGS = ("model_hidden_sizes", "policy_hidden_sizes")
-    # N learners split a meta step's tasks (MBMPOTorchLearner; at most num_tasks learners)
-    MULTI_LEARNER = True
 
     def __init__(self, algo_class=None):
         from mbmpo_ray.algorithm.mbmpo.algorithm import MBMPO

@@ -12,6 +12,7 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 from ray.rllib.utils.annotations import override
 
+from mbmpo_ray.algorithm.distributed import rank_and_world_size
 from mbmpo_ray.envs import EnvSpec
 from mbmpo_ray.imagination import (
     AutocastDynamics,
@@ -67,9 +68,7 @@ class MBMPOTorchLearner(TorchLearner):
     def rank_and_world_size(self) -> tuple[int, int]:
         """This learner's rank and the number of learners in its torch process group
         (``(0, 1)`` for a single learner)."""
-        if self.config.num_learners > 1 and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return rank_and_world_size(self.config.num_learners)
 
     def meta_update(
         self,

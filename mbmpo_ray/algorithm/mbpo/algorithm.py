@@ -59,8 +59,15 @@ class MBPO(ModelBasedAlgorithm):
                          act_dim=self.act_dim, action_low=self._act_low,
                          action_high=self._act_high, capacity=cfg.buffer_capacity)
 
-    def _on_learner(self, func, **kwargs):
-        return next(iter(self.learner_group.foreach_learner(func, **kwargs))).get()
+    def _on_learner(self, func, what: str = "the SAC Learner call", **kwargs):
+        """``func(learner, **kwargs)`` on every learner; the first learner's result (with N
+        learners they hold the same data and parameters)."""
+        res = self.learner_group.foreach_learner(func, **kwargs)
+        return self.all_learners_results(res, what)[0]
+
+    def _shared(self, value):
+        """``value`` as one object-store copy for remote learners (sent once to all N)."""
+        return ray.put(value) if self.learner_group.is_remote else value
 
     # ------------------------------------------------------------------ one refit cycle
     @override(Algorithm)
@@ -117,7 +124,8 @@ class MBPO(ModelBasedAlgorithm):
         num_updates = 0 if random_actions else cfg.updates_per_step * len(stored["reward"])
         with self.timed("sac_updates"):
             res = self._on_learner(lambda learner, **kw: learner.train_block(**kw),
-                                   new_real=stored, num_updates=num_updates, seed=seed)
+                                   "the SAC updates", new_real=self._shared(stored),
+                                   num_updates=num_updates, seed=seed)
         c["sac_updates"] += num_updates
         c["blocks"] += 0 if random_actions else 1
         return {"steps": len(new["reward"]), "dropped": stored["dropped"],
@@ -137,7 +145,8 @@ class MBPO(ModelBasedAlgorithm):
         out = self._on_learner(
             lambda learner, **kw: learner.model_rollouts(**kw),
             ensemble_kwargs=self.fitter.ensemble_kwargs,
-            ensemble_state=ray.put(state) if self.learner_group.is_remote else state,
+            what="the model rollouts",
+            ensemble_state=self._shared(state),
             env_spec=self.env_spec,
             num_rollouts=cfg.rollouts_per_step * cfg.model_train_freq,
             length=k,
@@ -192,5 +201,5 @@ class MBPO(ModelBasedAlgorithm):
         every runner starts fresh episodes."""
         real = self.buffer.all()
         self._on_learner(lambda learner, **kw: learner.load_real(**kw),
-                         real=ray.put(real) if self.learner_group.is_remote else real)
+                         real=self._shared(real))
         self.sampler.reset_streams()

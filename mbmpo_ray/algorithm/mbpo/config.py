@@ -280,6 +280,10 @@ class MBPOConfig(ModelBasedConfig, FitSettingsConfig, SACConfig):
         if self.env_steps_per_block > self.model_train_freq:
             found.append(f"env_steps_per_block={self.env_steps_per_block} > model_train_freq="
                          f"{self.model_train_freq}: a block never spans a refit")
+        if self.sac_cuda_graph and self.num_learners > 1:
+            found.append(f"sac_cuda_graph captures one learner's update; with num_learners="
+                         f"{self.num_learners} (gradients all-reduced every update) set "
+                         "sac_cuda_graph=False")
         return found
 
     # ------------------------------------------------------------------ RLlib hooks

@@ -20,7 +20,15 @@ SAC update written as one pass over batched networks.
   states (:class:`FusedAdamSteps`); no host reads inside a block (its last update logs
   RLlib's SAC metrics as tensors). On a GPU with ``sac_cuda_graph`` the block's updates are
   replays of one captured CUDA graph;
-* ``log_alpha`` and the model buffer in the Learner state, so checkpoints carry them.
+* ``log_alpha`` and the model buffer in the Learner state, so checkpoints carry them;
+* with ``num_learners = N > 1`` (no DDP wrapper; Ray Train's torch process group): every
+  learner holds the same real data and the same model buffer (each rolls out its share of the
+  branched rollouts, then they are all-gathered in rank order), draws the same global indices
+  of every update's ``N x train_batch_size_per_learner`` rows and the same policy noise,
+  updates on its own ``train_batch_size_per_learner`` of them, and the gradients are averaged
+  with one ``all_reduce`` per update before the (identical) Adam and target steps. So N
+  learners take the step of one learner with an N times larger batch, up to float summation
+  order (tests/integration/test_multi_learner.py).
 
 With ``sac_precision`` each update's forward pass and losses run under a bfloat16 autocast
 (:meth:`_sac_autocast`; the output layers stay float32). RLlib's own path (``forward_train``
@@ -56,6 +64,12 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import NUM_TARGET_UPDATES, TD_ERROR_KEY
 from ray.rllib.utils.numpy import MAX_LOG_NN_OUTPUT, MIN_LOG_NN_OUTPUT
 
+from mbmpo_ray.algorithm.distributed import (
+    all_gather_rows,
+    all_sum,
+    average_,
+    rank_and_world_size,
+)
 from mbmpo_ray.buffer import ModelBuffer
 from mbmpo_ray.envs import EnvSpec
 from mbmpo_ray.imagination import StateBounds, autocast_dtype, branched_rollouts
@@ -278,6 +292,19 @@ class MBPOTorchLearner(SACTorchLearner):
         self._targets_mains: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self._adam: FusedAdamSteps | None = None  # built after the first optimiser steps
         self._bf16: bool | None = None  # sac_precision, resolved on the first update
+        self._rank_world: tuple[int, int] | None = None
+        self._noise_rows: torch.Tensor | None = None  # N learners: see train_block
+
+    @override(TorchLearner)
+    def _make_modules_ddp_if_necessary(self) -> None:
+        """No DDP wrapper: the SAC update differentiates with ``torch.autograd.grad``, which
+        DDP does not reduce; :meth:`_sac_step` averages the gradients itself."""
+
+    def rank_and_world_size(self) -> tuple[int, int]:
+        """This learner's rank and the number of learners (``(0, 1)`` for one)."""
+        if self._rank_world is None:
+            self._rank_world = rank_and_world_size(self.config.num_learners)
+        return self._rank_world
 
     @override(SACTorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
@@ -327,8 +354,8 @@ class MBPOTorchLearner(SACTorchLearner):
         """Create the (empty) real store and model buffer; the action box maps env actions
         to the module's [-1, 1] actions."""
         dev = self._device
-        self._act_low = torch.as_tensor(np.asarray(action_low), dtype=torch.float32, device=dev)
-        self._act_high = torch.as_tensor(np.asarray(action_high), dtype=torch.float32,
+        self._act_low = torch.tensor(np.asarray(action_low), dtype=torch.float32, device=dev)
+        self._act_high = torch.tensor(np.asarray(action_high), dtype=torch.float32,
                                          device=dev)
         self._real = TensorRing(obs_dim, act_dim, capacity, dev)
         if self._model_buffer is None:
@@ -351,7 +378,8 @@ class MBPOTorchLearner(SACTorchLearner):
     def _to_policy_tensors(self, rows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Transitions with env-space actions -> tensors with the module's [-1, 1] actions."""
         dev = self._device
-        t = {k: torch.as_tensor(np.asarray(rows[k]), device=dev).float() for k in _FIELDS}
+        t = {k: torch.tensor(np.asarray(rows[k]), dtype=torch.float32, device=dev)
+             for k in _FIELDS}
         t["act"] = (2.0 * (t["act"] - self._act_low) / (self._act_high - self._act_low)
                     - 1.0).clamp(-1.0, 1.0)
         return t
@@ -386,10 +414,15 @@ class MBPOTorchLearner(SACTorchLearner):
         if self._ensemble is None:
             self._ensemble = DynamicsEnsemble(**ensemble_kwargs).to(dev)
         self._ensemble.load_state_dict(ensemble_state)
+        rank, world = self.rank_and_world_size()
         torch.manual_seed(seed)
         gen = torch.Generator(device=dev).manual_seed(int(seed))
         start = self._real.take(torch.randint(len(self._real), (num_rollouts,), generator=gen,
                                               device=dev))["obs"]
+        if world > 1:  # this learner's share, with its own random streams
+            start = start[rank * num_rollouts // world:(rank + 1) * num_rollouts // world]
+            torch.manual_seed(seed + 7919 * rank)
+            gen.manual_seed(int(seed) + 7919 * rank)
         module = self.module[DEFAULT_MODULE_ID].unwrapped()
         dist_cls = module.get_exploration_action_dist_cls()
 
@@ -402,14 +435,21 @@ class MBPOTorchLearner(SACTorchLearner):
             action_low=self._act_low, action_high=self._act_high, generator=gen,
             deterministic_model=cfg.deterministic_model_rollouts, bounds=bounds,
             max_rows_per_call=cfg.rollout_chunk_size)
+        rows = all_gather_rows({"obs": roll.obs, "act": roll.actions,
+                                "next_obs": roll.next_obs, "reward": roll.rewards,
+                                "done": roll.dones.float()}, world)
+        rows = {k: v.cpu().numpy() for k, v in rows.items()}
+        rows["done"] = rows["done"] > 0.5
+        dropped = all_sum([float(roll.dropped)], world)[0]
         buf = self._model_buffer
         buf.set_capacity(buffer_capacity)
-        buf.add(**roll.as_numpy())
+        buf.add(**rows)
         self._refresh_model_tensors()
-        return {"model_steps": float(len(roll)), "rollout_length": float(length),
-                "dropped_non_finite": float(roll.dropped),
-                "reward_mean": float(roll.rewards.mean()) if len(roll) else float("nan"),
-                "terminal_fraction": float(roll.dones.float().mean()) if len(roll) else 0.0,
+        n = len(rows["reward"])
+        return {"model_steps": float(n), "rollout_length": float(length),
+                "dropped_non_finite": dropped,
+                "reward_mean": float(rows["reward"].mean()) if n else float("nan"),
+                "terminal_fraction": float(rows["done"].mean()) if n else 0.0,
                 "model_buffer_size": float(len(buf))}
 
     # ------------------------------------------------------------------ SAC updates
@@ -418,6 +458,8 @@ class MBPOTorchLearner(SACTorchLearner):
         """Append ``new_real`` to the real store, then ``num_updates`` SAC gradient steps on
         mixed batches (see the module doc). Returns the reduced Learner metrics (RLlib's SAC
         losses, alpha, Q statistics of the last step; target update count)."""
+        if isinstance(new_real, ray.ObjectRef):
+            new_real = ray.get(new_real)
         self._add_real(new_real)
         if num_updates <= 0:
             return {}
@@ -426,12 +468,22 @@ class MBPOTorchLearner(SACTorchLearner):
         if model is None or n_model == 0:
             n_real, n_model = n_real + n_model, 0
         dev = self._device
+        rank, world = self.rank_and_world_size()
         torch.manual_seed(seed)
         gen = torch.Generator(device=dev).manual_seed(int(seed))
-        real_idx = torch.randint(len(self._real), (num_updates, n_real), generator=gen,
-                                 device=dev)
-        model_idx = (torch.randint(len(model["reward"]), (num_updates, n_model), generator=gen,
-                                   device=dev) if n_model else None)
+        # every learner draws the global indices of all N batches and keeps its own columns
+        real_idx = torch.randint(len(self._real), (num_updates, world * n_real), generator=gen,
+                                 device=dev)[:, rank * n_real:(rank + 1) * n_real]
+        model_idx = (torch.randint(len(model["reward"]), (num_updates, world * n_model),
+                                   generator=gen, device=dev
+                                   )[:, rank * n_model:(rank + 1) * n_model]
+                     if n_model else None)
+        # ... and its rows' places in the global batch [real rows of all, model rows of all]
+        # (the policy noise is drawn for the global batch)
+        self._noise_rows = None if world == 1 else torch.cat((
+            torch.arange(rank * n_real, (rank + 1) * n_real, device=dev),
+            torch.arange(world * n_real + rank * n_model, world * n_real + (rank + 1) * n_model,
+                         device=dev)))
         mid = DEFAULT_MODULE_ID
 
         def rows_of(i: int) -> dict[str, torch.Tensor]:
@@ -441,7 +493,7 @@ class MBPOTorchLearner(SACTorchLearner):
             return rows
 
         done = 0
-        if num_updates > 1 and self._use_cuda_graph():
+        if num_updates > 1 and self._use_cuda_graph() and world == 1:
             done = self._graphed_updates(rows_of, num_updates - 1)
         for i in range(done, num_updates):  # the last one logs the metrics
             batch = self._sac_batch(rows_of(i))
@@ -499,7 +551,8 @@ class MBPOTorchLearner(SACTorchLearner):
     def _sac_step(self, batch: dict[str, Any]) -> SACLosses:
         """One SAC gradient step on RLlib's SAC ``batch`` (:meth:`_sac_batch`): the losses of
         :func:`sac_losses` (under :meth:`_sac_autocast`), one ``autograd.grad`` of their sum
-        for all parameters (critics, policy, ``log_alpha``), RLlib's gradient
+        for all parameters (critics, policy, ``log_alpha``), averaged over the learners where
+        there are several, RLlib's gradient
         post-processing where configured (``grad_clip``: the critic optimiser's norm covers
         both stacked critics), non-finite gradients zeroed as RLlib's ``apply_gradients``
         does (``nan_to_num``, without its warning and host read), then every optimiser's
@@ -508,12 +561,18 @@ class MBPOTorchLearner(SACTorchLearner):
         mid = DEFAULT_MODULE_ID
         rows = batch[mid]
         act = rows[Columns.ACTIONS]
-        noise = (torch.empty_like(act).normal_(), torch.empty_like(act).normal_())
+        world = self.rank_and_world_size()[1]
+        if world == 1:
+            noise = (torch.empty_like(act).normal_(), torch.empty_like(act).normal_())
+        else:  # the global batch's noise, this learner's rows of it
+            shape = (world * act.shape[0], act.shape[1])
+            noise = tuple(act.new_empty(shape).normal_()[self._noise_rows] for _ in range(2))
         with self._sac_autocast():
             losses = sac_losses(self.module[mid].unwrapped(), self.curr_log_alpha[mid],
                                 self.target_entropy[mid], rows, noise, self.config.gamma)
         params = self._sac_params()
         grads = list(torch.autograd.grad(losses.total, params))
+        average_(grads, world)  # N learners: the gradient of the global batch's mean losses
         cfg = self.config
         if cfg.grad_clip is not None or cfg.log_gradients:
             processed = self.postprocess_gradients(dict(zip(params, grads, strict=True)))
@@ -676,9 +735,10 @@ class MBPOTorchLearner(SACTorchLearner):
 
     @override(SACTorchLearner)
     def _set_optimizer_state(self, state: dict[str, Any]) -> None:
-        """RLlib's, then the fused kernel again (:meth:`_fuse_adam`). A state from before the
-        critics were stacked (optimisers ``qf`` and ``qf_twin`` over separate critics)
-        leaves the critic optimiser fresh (its moments do not fit the stacked layout)."""
+        """RLlib's (with the moments copied), then the fused kernel again (:meth:`_fuse_adam`).
+        A state from before the critics were stacked (optimisers ``qf`` and ``qf_twin`` over
+        separate critics) leaves the critic optimiser fresh (its moments do not fit the
+        stacked layout)."""
         twins = [name for name in state if name.endswith("_qf_twin")]
         if twins:
             logger.warning("MBPO: optimizer state with separate twin critics (an earlier "
@@ -686,6 +746,14 @@ class MBPOTorchLearner(SACTorchLearner):
             drop = {*twins, *(name[:-len("_twin")] for name in twins)}
             state = {k: v for k, v in state.items() if k not in drop}
         super()._set_optimizer_state(state)
+        # Own copies of the loaded moments: RLlib hands them over as tensors on the
+        # object store's shared, zero-copy NumPy buffers, which Adam then updates in place -
+        # every learner given the same state would step on the same memory.
+        for optim in self._optimizer_parameters:
+            for entry in optim.state.values():
+                for key, value in entry.items():
+                    if isinstance(value, torch.Tensor):
+                        entry[key] = value.clone()
         self._fuse_adam()
 
     # ------------------------------------------------------------------ state
