@@ -39,7 +39,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 # RLlib settings a user may try with --set, and the option that sets them
-_OPTION_FOR = {"num_env_runners": "--num-env-runners", "seed": "--seed"}
+_OPTION_FOR = {"num_env_runners": "--num-env-runners", "num_learners": "--num-learners",
+               "seed": "--seed"}
 
 
 def _unknown_keys_message(unknown: list[str], valid, algo: str = "mbmpo") -> str:
@@ -124,7 +125,7 @@ def build_config(args: argparse.Namespace):
     starts."""
     import tune_configs
 
-    _check_counts(args, {"stop_timesteps": 1, "iterations": 1})
+    _check_counts(args, {"stop_timesteps": 1, "iterations": 1, "num_learners": 0})
     algo = _algo(args)
     overrides = _parse_set(args.set)
     valid = _setting_docs(algo)
@@ -150,6 +151,8 @@ def build_config(args: argparse.Namespace):
         config.debugging(seed=args.seed)
     if args.num_env_runners is not None:
         config.env_runners(num_env_runners=args.num_env_runners)
+    if getattr(args, "num_learners", None) is not None:
+        config.learners(num_learners=args.num_learners)
     try:
         config.validate()
     except (ValueError, TypeError) as e:
@@ -209,7 +212,7 @@ def list_settings(algo: str = "mbmpo") -> str:
 
 # how a run was started (run.json), restated by --resume unless given again
 _RUN_ARGS = ("algo", "config", "env", "variant", "set", "seed", "num_env_runners",
-             "stop_timesteps", "iterations")
+             "num_learners", "stop_timesteps", "iterations")
 
 
 def _output_dir(args: argparse.Namespace, env_id: str | None = None) -> Path:
@@ -324,7 +327,7 @@ def _check_cpus(config, have: float, where: str, args: argparse.Namespace, *,
         lower.append("--set num_model_trainers=N or --set num_cpus_per_model_trainer=X")
     if need - runners * per_runner - trainers * per_trainer > 1e-9:
         parts.append(f"{config.num_learners} learners")
-        lower.append("num_learners")
+        lower.append("--num-learners")
     grow = "; on a cluster that adds nodes on demand, pass --no-cpu-check" if cluster else ""
     raise CLIError(f"the run's Ray actors need {need:g} CPUs ({' + '.join(parts)}) but "
                    f"{where} has {have:g}: lower {' or '.join(lower)}{grow}")
@@ -635,6 +638,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="random seed of the run (default: the config's, 0)")
     p.add_argument("--num-env-runners", type=int, metavar="N",
                    help="Ray actors sampling the real env, 0 samples on the driver "
+                        "(default: the config's, 0)")
+    p.add_argument("--num-learners", type=int, metavar="N",
+                   help="Learner actors of the policy update: 0 updates on the driver, N > 1 "
+                        "splits it (MB-MPO: the meta step's tasks; MBPO: each SAC batch, "
+                        "train_batch_size_per_learner rows each) with torch.distributed "
                         "(default: the config's, 0)")
     _add_ray_args(p)
 

@@ -1,6 +1,7 @@
 """A real local cluster (`cluster/local.sh`: loopback only, token auth) and `ray job submit`
 of a tiny run, as the README's recipe does it."""
 
+import json
 import os
 import pickle
 import shutil
@@ -143,3 +144,31 @@ def test_stop_stops_exactly_this_cluster(cluster):
         for p in decoys:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("cluster", [2], indirect=True)
+def test_job_submit_with_two_learners_on_a_multi_node_cluster(cluster, tmp_path):
+    """Head + 2 worker nodes (1 CPU each): `ray job submit` of each algorithm with
+    `--num-learners 2` trains 2 iterations; its run.json records 2 learners (restated by
+    --resume)."""
+    for algo in ("mbmpo", "mbpo"):
+        out = tmp_path / algo
+        cmd = [
+            str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8375", "--",
+            "python", "-m", "mbmpo_ray", "train", "--algo", algo, "--config", "pendulum",
+            "--variant", "smoke", "--iterations", "2", "--stop-timesteps", "100000",
+            "--num-learners", "2",
+            "--address", "auto", "--output", str(out),
+        ]
+        last = None
+        for _ in range(3):  # the job agent can take a few seconds to come up
+            last = subprocess.run(cmd, cwd=REPO, env=cluster, capture_output=True, text=True,
+                                  timeout=600)
+            if "No available agent" not in last.stdout + last.stderr:
+                break
+        assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+        assert "succeeded" in last.stdout + last.stderr
+        state = pickle.loads((out / "checkpoint" / "algorithm_state.pkl").read_bytes())
+        assert state["training_iteration"] == 2, algo
+        assert json.loads((out / "run.json").read_text())["num_learners"] == 2
+        assert (out / "progress.csv").read_text().count("\n") == 3

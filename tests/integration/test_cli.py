@@ -78,6 +78,10 @@ BAD_INPUTS = [
     ("--iterations negative", [*P, "--iterations", "-1"], "--iterations must be"),
     ("--iterations not a number", [*P, "--iterations", "ten"], "invalid int value"),
     ("--num-env-runners negative", [*P, "--num-env-runners", "-1"], "num_env_runners must be"),
+    ("--num-learners negative", [*P, "--num-learners", "-1"], "--num-learners must be"),
+    # MB-MPO's smoke config has 2 tasks: its config refuses 8 learners before the CPU check
+    ("more learners than CPUs or tasks", [*P, "--iterations", "1", "--num-learners", "8",
+                                          "--output", "{out}"], "learners"),
     ("--seed negative", [*P, "--seed", "-1"], "seed must be"),
     ("--checkpoint-every negative", [*P, "--checkpoint-every", "-1"],
      "--checkpoint-every must be"),
