@@ -11,8 +11,13 @@ import tune_configs
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
-def test_pendulum_learns_within_10k_real_steps():
-    algo = tune_configs.load_config("pendulum", seed=0).build_algo()
+@pytest.mark.parametrize("num_learners", [0, 2])
+def test_pendulum_learns_within_10k_real_steps(num_learners):
+    """On the driver's learner, and on 2 learner actors splitting the meta step's tasks."""
+    config = tune_configs.load_config("pendulum", seed=0)
+    if num_learners:
+        config.learners(num_learners=num_learners, num_cpus_per_learner=0.5)
+    algo = config.build_algo()
     returns, steps, random_return = [], 0, None
     try:
         while steps < 10_000:

@@ -20,10 +20,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 PRECISIONS = pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 
 
-def learn(name: str, budget: int, target: float, seed: int = 0, precision: str = "float32"):
-    algo = tune_configs.load_config(name, "default", algo="mbpo", seed=seed,
-                                    sac_precision=precision,
-                                    model_precision=precision).build_algo()
+def learn(name: str, budget: int, target: float, seed: int = 0, precision: str = "float32",
+          num_learners: int = 0):
+    config = tune_configs.load_config(name, "default", algo="mbpo", seed=seed,
+                                      sac_precision=precision, model_precision=precision)
+    if num_learners:  # the same SAC batch, split over the learners
+        config.learners(num_learners=num_learners, num_cpus_per_learner=0.5).training(
+            train_batch_size_per_learner=config.train_batch_size_per_learner // num_learners)
+    algo = config.build_algo()
     t0, history, confirmed = time.perf_counter(), [], None
     try:
         while True:
@@ -60,4 +64,12 @@ def test_pendulum_better_than_minus_250_within_4k_real_steps(precision):
     # the first policy (after 1,000 random steps and one iteration of updates) is well short
     # of the target: -720 (float32) and -436 (bfloat16) on 2026-11-24; a random policy: ~-1,200
     assert history[0][1] < -400, history
+    assert steps <= 4000 and confirmed is not None and np.mean(confirmed) > -250, history
+
+
+def test_pendulum_on_two_learners_better_than_minus_250_within_4k_real_steps():
+    """The same run with its 256-row SAC batches split over 2 learner actors (128 each,
+    gradients all-reduced)."""
+    steps, history, confirmed, secs = learn("pendulum", 4000, -250.0, num_learners=2)
+    print(f"Pendulum-v1 (2 learners): {steps} real steps, {secs:.0f} s")
     assert steps <= 4000 and confirmed is not None and np.mean(confirmed) > -250, history
