@@ -56,6 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--updates", type=int, default=60, help="MBPO SAC updates per call")
     p.add_argument("--max-load", type=float, default=0.8,
                    help="refuse to start above this 1-minute load average")
+    p.add_argument("--iteration", action="store_true",
+                   help="also time one whole MB-MPO HalfCheetah `fast` iteration (30 meta "
+                        "steps) on 1 and 2 learners (about 6 more minutes)")
     p.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     return p.parse_args()
 
@@ -108,6 +111,30 @@ def build(algo: str, num_learners: int):
     a.train()  # data, ensemble, model buffer
     a.learner_group.foreach_learner(_timed_collectives)
     return a
+
+
+def measure_iteration() -> dict:
+    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration (the first: 5,000 random
+    real steps, the model fit on the driver, 30 meta steps and the final adaptation) on 1 and
+    on 2 learners, and its phases."""
+    import tune_configs
+
+    out = {}
+    for n in (1, 2):
+        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0,
+                                          num_model_trainers=0)
+        config.learners(num_learners=n, num_cpus_per_learner=1)
+        algo = config.build_algo()
+        try:
+            t0 = time.perf_counter()
+            result = algo.train()
+            out[n] = {"s": time.perf_counter() - t0,
+                      "timers": {k: float(v) for k, v in result.get("timers", {}).items()
+                                 if isinstance(v, (int, float))}}
+        finally:
+            algo.stop()
+        print(f"mbmpo iteration N={n}: {out[n]['s']:.1f} s {out[n]['timers']}", flush=True)
+    return out
 
 
 def timed_call(algo_name: str, algo, rep: int) -> tuple[float, list[dict]]:
@@ -181,7 +208,7 @@ ASSUMPTIONS = (
     "of the collectives as measured at N=2; no stragglers")
 
 
-def report(res: dict, load0: str, out_dir) -> str:
+def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str:
     rows = []
     for name, m in res.items():
         unit = "meta update" if name == "mbmpo" else f"{ARGS.updates} SAC updates"
@@ -192,6 +219,14 @@ def report(res: dict, load0: str, out_dir) -> str:
     body = [*header_lines([1], load0), f"- Results: `{results_link(out_dir)}`", "",
             markdown_table(["algorithm", "timed call", "N=1 s", "N=2 s", "speed-up",
                             "all_reduce at N=2 s (share)", "collectives x numbers"], rows), ""]
+    if iteration:
+        t1, t2 = iteration[1]["s"], iteration[2]["s"]
+        meta = [iteration[n]["timers"].get("meta_update", float("nan")) for n in (1, 2)]
+        body.append(f"One whole MB-MPO HalfCheetah `fast` iteration (the first: 5,000 random "
+                    f"real steps, the model fit on the driver, 30 meta steps): {t1:.0f} s on "
+                    f"one learner, {t2:.0f} s on two (**{t1 / t2:.2f}x**); its meta update "
+                    f"{meta[0]:.0f} s and {meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
+        body.append("")
     if "mbpo" in res:
         m = res["mbpo"]
         per_k = {n: m[f"t{n}"] / ARGS.updates * 10 * 1000 for n in (1, 2)}
@@ -226,12 +261,14 @@ def main() -> None:
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     res = {name: measure(name) for name in ("mbmpo", "mbpo")}
+    iteration = measure_iteration() if ARGS.iteration else None
     ray.shutdown()
     out_dir = new_run_dir("bench_learners")
     out_dir.mkdir(parents=True)
     (out_dir / "results.json").write_text(json.dumps(
-        {"cpu": cpu_model(), "args": vars(ARGS), "results": res}, indent=1, default=float))
-    text = report(res, load0, out_dir)
+        {"cpu": cpu_model(), "args": vars(ARGS), "results": res, "iteration": iteration},
+        indent=1, default=float))
+    text = report(res, load0, out_dir, iteration)
     print(text)
     if not ARGS.no_write:
         update_section(SECTION, "One run on more learners (issue 31)", text)

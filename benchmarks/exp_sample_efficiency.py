@@ -65,7 +65,8 @@ ENVS = {
     "halfcheetah": ("HalfCheetah-v5", 200,
                     {"mbmpo": 100_000, "ppo": 1_000_000, "sac": 100_000}, (0, 200, 400, 500)),
     # issue 11: MBPO next to SAC at horizon 1000 (MBPO runs are capped by --max-minutes)
-    "halfcheetah_h1000": ("HalfCheetah-v5", 1000, {"mbpo": 100_000, "sac": 100_000},
+    "halfcheetah_h1000": ("HalfCheetah-v5", 1000, {"mbpo": 100_000, "sac": 100_000,
+                                                   "sac_mujoco": 100_000},
                           (0, 1000, 2000, 3000)),
     "hopper_h1000": ("Hopper-v5", 1000, {"mbpo": 100_000, "sac": 100_000},
                      (500, 1000, 2000, 3000)),
@@ -77,15 +78,16 @@ STEPS_REPORTED = (10_000, 20_000, 100_000)
 
 
 # ----------------------------------------------------------------------------------- runs
-def _creator(env_name: str) -> str:
-    """A Tune-registered name for the env exactly as MB-MPO builds it (``make_env``)."""
+def _creator(env_name: str, policy_view: bool = False) -> str:
+    """A Tune-registered name for the env exactly as MB-MPO builds it (``make_env``); with
+    ``policy_view`` as its policy sees it (the standard observation, for model-free peers)."""
     from ray.tune.registry import register_env
 
     from mbmpo_ray.envs import EnvCreator, get_env_spec
 
     env_id, horizon, _, _ = ENVS[env_name]
-    name = f"mbmpo_ray/{env_id}/H{horizon}"
-    register_env(name, EnvCreator(get_env_spec(env_id), horizon))
+    name = f"mbmpo_ray/{env_id}/H{horizon}" + ("/policy" if policy_view else "")
+    register_env(name, EnvCreator(get_env_spec(env_id), horizon, policy_view=policy_view))
     return name
 
 
@@ -165,7 +167,41 @@ def build_sac(env_name: str, seed: int):
     )
 
 
-BUILDERS = {"mbmpo": build_mbmpo, "mbpo": build_mbpo, "ppo": build_ppo, "sac": build_sac}
+def build_sac_mujoco(env_name: str, seed: int):
+    """RLlib's own tuned MuJoCo SAC (issue 29): the settings of its new-stack HalfCheetah
+    example (rllib/tuned_examples/sac/halfcheetah_sac.py, one learner): initial alpha 1.001,
+    learning rates 2e-4 (actor) / 8e-4 (critics) / 9e-4 (alpha), n-step drawn from 1-5,
+    prioritized episode replay (capacity 100k, alpha 0.6, beta 0.4), learning after 10,000
+    steps, 256 x 256 ReLU with Xavier-uniform hidden layers and small orthogonal heads; on the
+    standard observation (``policy_view``)."""
+    from ray.rllib.algorithms.sac import SACConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from torch import nn
+
+    return (
+        SACConfig()
+        .environment(_creator(env_name, policy_view=True))
+        .training(
+            initial_alpha=1.001, actor_lr=2e-4, critic_lr=8e-4, alpha_lr=9e-4, lr=None,
+            target_entropy="auto", n_step=(1, 5), tau=0.005, train_batch_size_per_learner=256,
+            target_network_update_freq=1,
+            replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
+                                  "capacity": 100000, "alpha": 0.6, "beta": 0.4},
+            num_steps_sampled_before_learning_starts=10000,
+        )
+        .rl_module(model_config=DefaultModelConfig(
+            fcnet_hiddens=[256, 256], fcnet_activation="relu",
+            fcnet_kernel_initializer=nn.init.xavier_uniform_, head_fcnet_hiddens=[],
+            head_fcnet_activation=None, head_fcnet_kernel_initializer="orthogonal_",
+            head_fcnet_kernel_initializer_kwargs={"gain": 0.01}))
+        .reporting(metrics_num_episodes_for_smoothing=5, min_sample_timesteps_per_iteration=1000)
+        .debugging(seed=seed)
+        .build_algo()
+    )
+
+
+BUILDERS = {"mbmpo": build_mbmpo, "mbpo": build_mbpo, "ppo": build_ppo, "sac": build_sac,
+            "sac_mujoco": build_sac_mujoco}
 
 
 def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
@@ -246,7 +282,7 @@ _REPLAY_BUFFER = "replay_buffer.pkl"
 def _save(algo, method: str, directory: str) -> None:
     """RLlib's checkpoint of ``algo``, plus SAC's replay buffer (RLlib's leaves it out)."""
     algo.save_to_path(directory)
-    if method == "sac":
+    if method.startswith("sac"):
         with open(Path(directory) / _REPLAY_BUFFER, "wb") as f:
             pickle.dump(algo.local_replay_buffer.get_state(), f)
 
@@ -258,7 +294,7 @@ def _resume(algo, method: str, ckpt: Path, path: Path) -> tuple[list[str], float
 
     manifest = read_manifest(ckpt)
     algo.restore_from_path(str(ckpt))
-    if method == "sac":
+    if method.startswith("sac"):
         with open(ckpt / _REPLAY_BUFFER, "rb") as f:
             algo.local_replay_buffer.set_state(pickle.load(f))
     lines, rows = [], -1  # the header is not a row

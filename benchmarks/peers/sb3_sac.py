@@ -90,24 +90,9 @@ HYPERPARAMS = {
 ZOO_ENVS = ("HalfCheetah-v5", "Hopper-v5")  # the envs whose zoo settings these are
 
 
-class PolicyObservation(gym.ObservationWrapper):
-    """Drops the leading ``start`` observation dims (kept by ``make_env`` for the model rewards
-    only; our policies never see them)."""
-
-    def __init__(self, env: gym.Env, start: int):
-        super().__init__(env)
-        self.start = start
-        box = env.observation_space
-        self.observation_space = gym.spaces.Box(box.low[start:], box.high[start:],
-                                                dtype=box.dtype)
-
-    def observation(self, observation):
-        return observation[self.start:]
-
-
 def make_env(env_id: str, horizon: int) -> gym.Env:
     """The harness's env (``mbmpo_ray.envs.make_env``) as the policy sees it."""
-    from mbmpo_ray.envs import get_env_spec
+    from mbmpo_ray.envs import PolicyObservation, get_env_spec
     from mbmpo_ray.envs import make_env as harness_make_env
 
     spec = get_env_spec(env_id)

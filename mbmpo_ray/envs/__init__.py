@@ -18,6 +18,7 @@ from mbmpo_ray.envs.registry import (
     SUPPORTED_ENV_IDS,
     EnvCreator,
     EnvSpec,
+    PolicyObservation,
     RewardFn,
     TerminationFn,
     UnsupportedEnvError,
@@ -31,6 +32,7 @@ from mbmpo_ray.envs.registry import (
 __all__ = [
     "SUPPORTED_ENV_IDS",
     "EnvCreator",
+    "PolicyObservation",
     "EnvSpec",
     "RewardFn",
     "TerminationFn",

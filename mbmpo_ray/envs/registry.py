@@ -274,6 +274,22 @@ def make_env(env_id: str | EnvSpec, horizon: int | None = 200, **overrides: Any)
     return env
 
 
+class PolicyObservation(gym.ObservationWrapper):
+    """The env as a policy sees it: without the leading ``start`` observation dims (e.g. the
+    x position :func:`make_env` keeps for the model rewards; ``EnvSpec.policy_obs_start``).
+    For peers (model-free baselines) that should see the standard observation."""
+
+    def __init__(self, env: gym.Env, start: int):
+        super().__init__(env)
+        self.start = start
+        box = env.observation_space
+        self.observation_space = gym.spaces.Box(box.low[start:], box.high[start:],
+                                                dtype=box.dtype)
+
+    def observation(self, observation):
+        return observation[self.start:]
+
+
 @dataclass(frozen=True)
 class EnvCreator:
     """A picklable env creator that carries its :class:`EnvSpec`.
@@ -282,11 +298,13 @@ class EnvCreator:
     travels with the creator (by value), so an actor in another process builds the right env
     and computes the right model rewards even though :func:`register_model_functions` was only
     called in the driver. ``env_config`` entries are passed to ``gymnasium.make`` (RLlib's
-    ``num_envs`` is dropped).
+    ``num_envs`` is dropped). With ``policy_view`` the env is wrapped in
+    :class:`PolicyObservation` (what a model-free peer should see).
     """
 
     spec: EnvSpec
     horizon: int | None = 200
+    policy_view: bool = False
     # gymnasium's registration of spec.env_id where the creator was made (None: not
     # registered there); a process whose gymnasium does not know the id registers it from
     # this, so an env gym.register()-ed only in the driver reaches the remote env runners too
@@ -300,7 +318,8 @@ class EnvCreator:
         if self.gym_spec is not None and self.spec.env_id not in gym.registry:
             gym.registry[self.spec.env_id] = self.gym_spec
         overrides = {k: v for k, v in dict(env_config or {}).items() if k != "num_envs"}
-        return make_env(self.spec, horizon=self.horizon, **overrides)
+        env = make_env(self.spec, horizon=self.horizon, **overrides)
+        return PolicyObservation(env, self.spec.policy_obs_start) if self.policy_view else env
 
     def __repr__(self) -> str:
         return f"EnvCreator({self.spec.env_id!r}, horizon={self.horizon})"
