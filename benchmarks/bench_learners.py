@@ -226,6 +226,20 @@ def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str
                     f"real steps, the model fit on the driver, 30 meta steps): {t1:.0f} s on "
                     f"one learner, {t2:.0f} s on two (**{t1 / t2:.2f}x**); its meta update "
                     f"{meta[0]:.0f} s and {meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
+        if "mbmpo" in res and math.isfinite(meta[0]):
+            # the iteration's meta update scales as the timed calls (same model, scaled to
+            # its measured length); the rest of the iteration (sampling, fit) stays serial
+            m, rest = res["mbmpo"], t1 - meta[0]
+            cells = []
+            for n in (8, 32):
+                units, scale = max(20, n), max(20, n) / 20
+                t, one = project(m, units, n, scale)
+                it_n = rest + meta[0] * t / m["t1"]
+                it_1 = rest + meta[0] * one / m["t1"]
+                cells.append(f"{n} learners {it_n:.0f} s ({it_1 / it_n:.1f}x"
+                             + (", 32 tasks" if n > 20 else "") + ")")
+            body.append(f"Projected, this iteration (its sampling and fit, {rest:.0f} s, "
+                        f"unchanged): " + "; ".join(cells) + ".")
         body.append("")
     if "mbpo" in res:
         m = res["mbpo"]
