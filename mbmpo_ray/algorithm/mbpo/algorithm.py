@@ -35,6 +35,12 @@ class MBPO(ModelBasedAlgorithm):
     restore), the ensemble and its optimiser states (fitter), the model buffer and
     ``log_alpha`` (Learner state), the SAC networks, targets and optimisers (RLlib's Learner
     state) and the counters are part of every checkpoint.
+
+    With ``.learners(num_learners=N > 1)`` every Learner call goes to all N learners (the real
+    rows and the ensemble once through the object store), which then hold the same data and
+    parameters (see :class:`~mbmpo_ray.algorithm.mbpo.learner.MBPOTorchLearner`); a learner
+    that fails or is lost ends the iteration with an error saying to resume from the last
+    checkpoint.
     """
 
     ALGO_NAME = MBPOConfig.ALGO_NAME
