@@ -61,6 +61,18 @@ def assert_loopback_only(env) -> None:
         assert host in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"), f"{addr} in {found}"
 
 
+def submit(cmd: list[str], env: dict) -> None:
+    """``ray job submit ...``: it succeeds (retried while the job agent comes up)."""
+    last = None
+    for _ in range(3):  # the job agent can take a few seconds to come up
+        last = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        if "No available agent" not in last.stdout + last.stderr:
+            break
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "succeeded" in last.stdout + last.stderr
+
+
 def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
     """The README's recipe: `python` of the entrypoint is the venv's although the venv is not
     activated; and the leftovers of a job that failed before its first iteration (run.json, a
@@ -74,14 +86,7 @@ def test_job_submit_trains_and_checkpoints(cluster, tmp_path):
         "python", "-m", "mbmpo_ray", "train", "--config", "pendulum", "--variant", "smoke",
         "--iterations", "2", "--address", "auto", "--output", str(out),
     ]
-    last = None
-    for _ in range(3):  # the job agent can take a few seconds to come up
-        last = subprocess.run(cmd, cwd=REPO, env=cluster, capture_output=True, text=True,
-                              timeout=600)
-        if "No available agent" not in last.stdout + last.stderr:
-            break
-    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
-    assert "succeeded" in last.stdout + last.stderr
+    submit(cmd, cluster)
     # a complete checkpoint of the run's last iteration, not just some file
     state = pickle.loads((out / "checkpoint" / "algorithm_state.pkl").read_bytes())
     assert state["training_iteration"] == 2
@@ -160,14 +165,7 @@ def test_job_submit_with_two_learners_on_a_multi_node_cluster(cluster, tmp_path)
             "--num-learners", "2",
             "--address", "auto", "--output", str(out),
         ]
-        last = None
-        for _ in range(3):  # the job agent can take a few seconds to come up
-            last = subprocess.run(cmd, cwd=REPO, env=cluster, capture_output=True, text=True,
-                                  timeout=600)
-            if "No available agent" not in last.stdout + last.stderr:
-                break
-        assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
-        assert "succeeded" in last.stdout + last.stderr
+        submit(cmd, cluster)
         state = pickle.loads((out / "checkpoint" / "algorithm_state.pkl").read_bytes())
         assert state["training_iteration"] == 2, algo
         assert json.loads((out / "run.json").read_text())["num_learners"] == 2
