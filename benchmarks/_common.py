@@ -285,3 +285,43 @@ def fitted_ensemble(data: dict, epochs: int, seed: int = 0, hidden=(512, 512), k
         generator=torch.Generator().manual_seed(seed),
     )
     return ens.eval()
+
+
+def on_learners(algo, fn: Callable) -> list:
+    """``fn(learner)`` on every learner of ``algo``, their results in rank order. This
+    module's functions travel by value: the learner processes cannot import it."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return [r.get() for r in algo.learner_group.foreach_learner(fn)]
+
+
+def time_collectives(learner) -> None:
+    """Wrap ``torch.distributed.all_reduce`` in this learner's process with a timer (run it
+    with :func:`on_learners`; :func:`read_collectives` reads and resets it)."""
+    import torch.distributed as dist
+
+    if getattr(dist.all_reduce, "_bench", None) is not None:
+        return
+    orig, stats = dist.all_reduce, {"s": 0.0, "calls": 0, "numel": 0}
+
+    def all_reduce(tensor, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = orig(tensor, *args, **kwargs)
+        stats["s"] += time.perf_counter() - t0
+        stats["calls"] += 1
+        stats["numel"] += tensor.numel()
+        return out
+
+    all_reduce._bench = stats
+    dist.all_reduce = all_reduce
+
+
+def read_collectives(learner) -> dict:
+    """``{"s", "calls", "numel"}`` of this learner's all-reduces since the last read."""
+    import torch.distributed as dist
+
+    stats = getattr(dist.all_reduce, "_bench", None) or {"s": 0.0, "calls": 0, "numel": 0}
+    out = dict(stats)
+    stats.update(s=0.0, calls=0, numel=0)
+    return out

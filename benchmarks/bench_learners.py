@@ -42,7 +42,10 @@ from _common import (
     markdown_table,
     median,
     new_run_dir,
+    on_learners,
+    read_collectives,
     results_link,
+    time_collectives,
     update_section,
 )
 
@@ -63,35 +66,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _timed_collectives(learner) -> None:
-    """Wrap ``torch.distributed.all_reduce`` in this learner's process with a timer."""
-    import torch.distributed as dist
-
-    if getattr(dist.all_reduce, "_bench", None) is not None:
-        return
-    orig, stats = dist.all_reduce, {"s": 0.0, "calls": 0, "numel": 0}
-
-    def all_reduce(tensor, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = orig(tensor, *args, **kwargs)
-        stats["s"] += time.perf_counter() - t0
-        stats["calls"] += 1
-        stats["numel"] += tensor.numel()
-        return out
-
-    all_reduce._bench = stats
-    dist.all_reduce = all_reduce
-
-
-def _read_collectives(learner) -> dict:
-    import torch.distributed as dist
-
-    stats = getattr(dist.all_reduce, "_bench", None) or {"s": 0.0, "calls": 0, "numel": 0}
-    out = dict(stats)
-    stats.update(s=0.0, calls=0, numel=0)
-    return out
-
-
 def build(algo: str, num_learners: int):
     import tune_configs
 
@@ -109,20 +83,19 @@ def build(algo: str, num_learners: int):
     config.learners(num_learners=num_learners, num_cpus_per_learner=1)
     a = config.build_algo()
     a.train()  # data, ensemble, model buffer
-    a.learner_group.foreach_learner(_timed_collectives)
+    on_learners(a, time_collectives)
     return a
 
 
 def measure_iteration() -> dict:
-    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration (the first: 5,000 random
-    real steps, the model fit on the driver, 30 meta steps and the final adaptation) on 1 and
-    on 2 learners, and its phases."""
+    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration as shipped (the first:
+    5,000 random real steps, the model fit on its five model-trainer actors, 30 meta steps and
+    the final adaptation) on 1 and on 2 learners of one thread each, and its phases."""
     import tune_configs
 
     out = {}
     for n in (1, 2):
-        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0,
-                                          num_model_trainers=0)
+        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0)
         config.learners(num_learners=n, num_cpus_per_learner=1)
         algo = config.build_algo()
         try:
@@ -147,7 +120,7 @@ def timed_call(algo_name: str, algo, rep: int) -> tuple[float, list[dict]]:
             seed=1000 + rep)
         algo.all_learners_results(res, "the SAC updates")
     secs = time.perf_counter() - t0
-    coll = [r.get() for r in algo.learner_group.foreach_learner(_read_collectives)]
+    coll = on_learners(algo, read_collectives)
     return secs, coll
 
 
@@ -223,7 +196,8 @@ def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str
         t1, t2 = iteration[1]["s"], iteration[2]["s"]
         meta = [iteration[n]["timers"].get("meta_update", float("nan")) for n in (1, 2)]
         body.append(f"One whole MB-MPO HalfCheetah `fast` iteration (the first: 5,000 random "
-                    f"real steps, the model fit on the driver, 30 meta steps): {t1:.0f} s on "
+                    f"real steps, the model fit on the shipped five model-trainer actors, 30 meta "
+                    f"steps): {t1:.0f} s on "
                     f"one learner, {t2:.0f} s on two (**{t1 / t2:.2f}x**); its meta update "
                     f"{meta[0]:.0f} s and {meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
         if "mbmpo" in res and math.isfinite(meta[0]):

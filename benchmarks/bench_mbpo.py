@@ -38,12 +38,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     REPO_ROOT,
     header_lines,
     load_average,
     markdown_table,
+    on_learners,
+    read_collectives,
+    time_collectives,
     update_section,
 )
 
@@ -82,41 +87,60 @@ def parse_args() -> argparse.Namespace:
                    help="our run(s): sac_precision and model_precision (bfloat16: autocast "
                         "of the SAC updates' hidden layers and of the model fit's steps); one "
                         "run of ours per value, mbrl-lib always float32")
+    p.add_argument("--num-learners", type=int, nargs="+", default=[0], metavar="N",
+                   help="our run(s) per precision: 0 = the local Learner with --threads "
+                        "threads; N >= 1 = N remote learners of one CPU and one torch thread "
+                        "each, the batch of 256 split between them (issue 31); their "
+                        "all-reduce time is reported")
     p.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = p.parse_args()
+    if min(args.num_learners) < 0:
+        p.error("--num-learners: 0 (local learner) or more")
     if args.real_steps < 2 * FIT_EVERY or args.real_steps % FIT_EVERY:
         p.error(f"--real-steps must be a multiple of {FIT_EVERY} and >= {2 * FIT_EVERY}")
     return args
 
 
-def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
+def run_label(precision: str, num_learners: int) -> str:
+    """The name of one run of ours (a column of the table)."""
+    return precision if num_learners == 0 else f"{precision}, {num_learners} learner(s)"
+
+
+def run_ours(args: argparse.Namespace, precision: str = "float32", num_learners: int = 0) -> dict:
     """Our MBPO for 5,000 + ``real_steps`` real steps with ``precision`` (SAC updates and
-    model fit); the same summary as the peer's."""
+    model fit) on the local Learner (``num_learners`` 0) or on ``num_learners`` remote ones of
+    one thread each; the same summary as the peer's."""
     import ray
     import torch
 
     import tune_configs
 
     torch.set_num_threads(args.threads)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # logical CPUs: the learners wait while the driver fits the model, and vice versa
+    ray.init(num_cpus=2 + num_learners, include_dashboard=False, log_to_driver=False)
+    remote = dict(learner_torch_threads=1, train_batch_size_per_learner=256 // num_learners
+                  ) if num_learners else dict(learner_torch_threads=args.threads)
     config = tune_configs.load_config(
         "halfcheetah", "mbrl_lib", algo="mbpo", seed=args.seed, env_steps_per_block=args.block,
-        learner_torch_threads=args.threads, model_device=args.device,
-        sac_precision=precision, model_precision=precision, **MBRL_LIB_SETTINGS)
-    if args.device == "cuda":
-        config.learners(num_gpus_per_learner=1)
+        model_device=args.device, sac_precision=precision, model_precision=precision,
+        **remote, **MBRL_LIB_SETTINGS)
+    config.learners(num_learners=num_learners, num_cpus_per_learner=1,
+                    num_gpus_per_learner=1 if args.device == "cuda" else 0)
     algo = config.build_algo()
+    if num_learners:
+        on_learners(algo, time_collectives)
     rows, cum = [], dict.fromkeys(PHASES, 0.0)
     wall = 0.0
-    out_csv = getattr(args, "out_csv", None) or RESULTS / (
-        "mbpo_vs_mbrl_lib.csv" if precision == "float32" else f"mbpo_vs_mbrl_lib_{precision}.csv")
+    suffix = "" if precision == "float32" else f"_{precision}"
+    suffix += f"_{num_learners}learners" if num_learners else ""
+    out_csv = getattr(args, "out_csv", None) or RESULTS / f"mbpo_vs_mbrl_lib{suffix}.csv"
     try:
         with open(out_csv, "w", newline="") as fh:
             fields = ["real_steps", "wall_s", *(f"{p}_s" for p in PHASES), "other_s",
                       "model_epochs", "sac_updates", "eval_return"]
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
-            first = None
+            first, coll = None, 0.0
             while True:
                 t0 = time.perf_counter()
                 r = algo.train()
@@ -136,6 +160,9 @@ def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
                     wall += dt
                     for k, v in phase.items():
                         cum[k] += v
+                if num_learners:  # mean over the learners; the first iteration's not counted
+                    secs = float(np.mean([x["s"] for x in on_learners(algo, read_collectives)]))
+                    coll += secs if rows else 0.0
                 row = {"real_steps": c["real_steps"] - steps0 + FIT_EVERY, "wall_s": wall,
                        **{f"{k}_s": v for k, v in cum.items()},
                        "other_s": wall - sum(cum.values()),
@@ -146,7 +173,8 @@ def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
                 writer.writerow({k: round(v, 4) if isinstance(v, float) else v
                                  for k, v in row.items()})
                 fh.flush()
-                print(f"[ours {precision}] real step {c['real_steps']}: {dt:.1f} s "
+                print(f"[ours {run_label(precision, num_learners)}] real step "
+                      f"{c['real_steps']}: {dt:.1f} s "
                       f"(fit {phase['model_fit']:.1f}, rollouts {phase['rollout']:.1f}, "
                       f"sac {phase['sac_update']:.1f})", file=sys.stderr)
                 if c["real_steps"] >= 5000 + args.real_steps:
@@ -160,7 +188,8 @@ def run_ours(args: argparse.Namespace, precision: str = "float32") -> dict:
     per_1k["total"] = rows[-1]["wall_s"] * k
     return {
         "side": "mbmpo_ray MBPO", "env": "HalfCheetah-v5", "threads": args.threads,
-        "device": args.device, "precision": precision,
+        "device": args.device, "precision": precision, "num_learners": num_learners,
+        "all_reduce_per_1k_s": round(coll * k, 3) if num_learners else None,
         "block": args.block, "window_real_steps": [FIT_EVERY, rows[-1]["real_steps"]],
         "per_1k_real_steps_s": {p: round(s, 3) for p, s in per_1k.items()},
         "window": {"sac_updates": rows[-1]["sac_updates"],
@@ -222,6 +251,11 @@ def report(ours: dict[str, dict], peer: dict | None, args: argparse.Namespace, l
     b = peer["window"]["ms_per_sac_update"] if peer else None
     rows.append(("ms per SAC update", *(f"{x:.1f}" for x in a),
                  *([f"{b:.1f}"] if peer else []), *ratios(b, a)))
+    if any(ours[p]["num_learners"] for p in precisions):
+        rows.append(("all_reduce (in sac_update)",
+                     *(f"{ours[p]['all_reduce_per_1k_s']:.1f}" if ours[p]["num_learners"]
+                       else "" for p in precisions),
+                     *([""] if peer else []), *([""] * len(precisions) if peer else [])))
     fit = [ours[p]["window"] for p in precisions]
     rows.append(("s per model fit (epochs)",
                  *(f"{w['s_per_model_fit']:.1f} ({w['epochs_per_model_fit']:.0f})" for w in fit),
@@ -233,7 +267,9 @@ def report(ours: dict[str, dict], peer: dict | None, args: argparse.Namespace, l
                  f"steps 250..{ours[precisions[0]]['window_real_steps'][1]} after the 5,000 "
                  f"initial ones; ours steps the env in blocks of {args.block} (mbrl-lib: 1); "
                  "ours with `sac_precision` = `model_precision` = the column's dtype (bfloat16: "
-                 "autocast of the SAC hidden layers and the model fit's steps)")
+                 "autocast of the SAC hidden layers and the model fit's steps); a column with "
+                 "N learner(s): SAC updates and model rollouts on N remote learners of one "
+                 "thread each (batch 256 split between them), the model fit on the driver")
     if peer is not None:
         lines.append(f"- Peer: mbrl-lib {peer['versions']['mbrl']} on HalfCheetah-v4, torch "
                      f"{peer['versions']['torch']}, gymnasium {peer['versions']['gymnasium']} "
@@ -247,17 +283,18 @@ def report(ours: dict[str, dict], peer: dict | None, args: argparse.Namespace, l
 def main() -> None:
     args = parse_args()
     load0 = load_average()
-    ours_runs = [f"ours {p}" for p in args.precision]
+    ours_runs = [f"ours {run_label(p, n)}" for p in args.precision for n in args.num_learners]
     order = ours_runs + ["peer"] if args.order == "ours-first" else ["peer", *ours_runs]
     if args.peer_python is None:
         order = ours_runs
     results = {}
     for side in order:
-        results[side] = (run_peer(args) if side == "peer"
-                         else run_ours(args, side.split()[1]))
+        results[side] = (run_peer(args) if side == "peer" else run_ours(
+            args, *next((p, n) for p in args.precision for n in args.num_learners
+                        if side == f"ours {run_label(p, n)}")))
         print(json.dumps(results[side]), file=sys.stderr)
     (RESULTS / "mbpo_vs_mbrl_lib.json").write_text(json.dumps(results, indent=1))
-    ours = {p: results[f"ours {p}"] for p in args.precision}
+    ours = {r.removeprefix("ours "): results[r] for r in ours_runs}
     body = report(ours, results.get("peer"), args, load0, order)
     print(body)
     if not args.no_write:

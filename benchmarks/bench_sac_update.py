@@ -14,7 +14,9 @@ for every update but the last of a block.
   "own matmul time" (the issue's target: update <= 1.5x it);
 * **levers**: the update with one lever undone at a time, interleaved with the full update in
   the same run (the ratio is lever-off / full), plus the implementation before issue 30
-  (git ``--baseline-rev``, the Learner and RLModule of that commit loaded from git history).
+  (git ``--baseline-rev``, the Learner and RLModule of that commit loaded from git history)
+  and, for reference, a plain hand-written twin-critic update of the same shapes
+  (:class:`PlainSAC`, float32 only).
 
 Per ``--threads`` value and ``--precision`` value (bfloat16: the SAC autocast, where this CPU
 has no fast bf16 it is emulated). Writes ``benchmarks/results/sac_update.json`` and the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import itertools
 import json
 import subprocess
 import sys
@@ -189,6 +192,94 @@ def polyak_per_tensor(learner):
     return polyak
 
 
+class PlainSAC:
+    """A plain hand-written twin-critic SAC update of the learner's shapes, for reference (no
+    RLlib, no autocast): the actor and the two critics as raw weight tensors (the critics
+    stacked, one ``baddbmm`` per layer), the same loss terms as :func:`sac_losses`, one
+    ``autograd.grad``, ``torch.optim.Adam(fused=True)`` over every parameter, a
+    ``_foreach_lerp_`` Polyak step. What a careful user would write in plain PyTorch."""
+
+    def __init__(self, learner, batch: dict):
+        from ray.rllib.core.columns import Columns
+        from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
+
+        cfg, module = learner.config, learner.module[DEFAULT_MODULE_ID]
+        rows = batch[DEFAULT_MODULE_ID]
+        self.obs = module.policy_obs(rows[Columns.OBS]).detach()
+        self.next_obs = module.policy_obs(rows[Columns.NEXT_OBS]).detach()
+        self.act, self.rew = rows[Columns.ACTIONS], rows[Columns.REWARDS]
+        self.done = rows[Columns.TERMINATEDS].float()
+        o, a = self.obs.shape[1], self.act.shape[1]
+        hid = list(cfg.sac_hidden_sizes)
+        self.gamma, self.tau, self.target_entropy = cfg.gamma, cfg.tau, -float(a)
+        g = torch.Generator().manual_seed(0)
+
+        def uniform(*shape, fan_in):
+            bound = 1.0 / fan_in ** 0.5
+            return (torch.rand(*shape, generator=g) * 2 - 1) * bound
+
+        pi = list(itertools.pairwise([o, *hid, 2 * a]))
+        q = list(itertools.pairwise([o + a, *hid, 1]))
+        self.pi = [uniform(i, j, fan_in=i).requires_grad_() for i, j in pi]
+        self.pi_b = [uniform(j, fan_in=i).requires_grad_() for i, j in pi]
+        self.q = [uniform(2, i, j, fan_in=i).requires_grad_() for i, j in q]
+        self.q_b = [uniform(2, 1, j, fan_in=i).requires_grad_() for i, j in q]
+        self.tq = [w.detach().clone() for w in self.q + self.q_b]
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.params = [*self.pi, *self.pi_b, *self.q, *self.q_b, self.log_alpha]
+        self.optim = torch.optim.Adam(self.params, lr=cfg.actor_lr, fused=True)
+
+    def _policy(self, x):
+        h = x
+        for i, (w, b) in enumerate(zip(self.pi, self.pi_b, strict=True)):
+            h = torch.addmm(b, h, w)
+            h = torch.relu(h) if i < len(self.pi) - 1 else h
+        loc, log_std = h.chunk(2, -1)
+        log_std = log_std.clamp(-5.0, 2.0)
+        eps = torch.randn_like(loc)
+        z = loc + eps * log_std.exp()
+        jac = 2.0 * (0.6931471805599453 - z - torch.nn.functional.softplus(-2.0 * z))
+        return torch.tanh(z), (-0.5 * eps.square() - log_std - jac).sum(-1)
+
+    @staticmethod
+    def _critics(x, weights, biases):
+        h = x.expand(2, *x.shape)
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            h = torch.relu(h) if i < len(weights) - 1 else h
+        return h.squeeze(-1)
+
+    def step(self) -> None:
+        alpha = self.log_alpha.exp().detach()
+        act_pi, logp = self._policy(self.obs)
+        with torch.no_grad():
+            act_next, logp_next = self._policy(self.next_obs)
+            n = len(self.q)
+            q_next = self._critics(torch.cat((self.next_obs, act_next), -1), self.tq[:n],
+                                   self.tq[n:]).min(0).values - alpha * logp_next
+            y = self.rew + self.gamma * (1.0 - self.done) * q_next
+        q_pred = self._critics(torch.cat((self.obs, self.act), -1), self.q, self.q_b)
+        q_curr = self._critics(torch.cat((self.obs, act_pi), -1),
+                               [w.detach() for w in self.q],
+                               [b.detach() for b in self.q_b]).min(0).values
+        critic = torch.nn.functional.huber_loss(q_pred, y.expand_as(q_pred),
+                                                reduction="none").mean(-1).sum()
+        actor = (alpha * logp - q_curr).mean()
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        grads = torch.autograd.grad(critic + actor + alpha_loss, self.params)
+        for p, grad in zip(self.params, grads, strict=True):
+            p.grad = grad
+        self.optim.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.tq, [*self.q, *self.q_b], self.tau)
+
+    def runner(self, n: int):
+        def run():
+            for _ in range(n):
+                self.step()
+        return run
+
+
 @contextlib.contextmanager
 def patched(obj, name, value):
     saved = getattr(obj, name)
@@ -300,6 +391,8 @@ def run_setting(args, precision: str, threads: int) -> dict:
         ours, "_adam_step", adam_through_optimizers(ours), full)
     variants["Polyak: per tensor"] = update_fn(ours, batch, n, polyak=polyak_per_tensor(ours))
     variants["metrics + host reads every update"] = update_fn(ours, batch, n, quiet=False)
+    if precision == "float32":
+        variants["plain hand-written update (reference)"] = PlainSAC(ours, batch).runner(n)
     compile_note = ""
     if not args.no_compile and precision == "float32":  # (bf16 is emulated here)
         compiled = torch.compile(learner_mod.sac_losses, dynamic=False)
