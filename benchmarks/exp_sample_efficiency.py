@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import pickle
 import shutil
@@ -66,7 +67,8 @@ ENVS = {
                     {"mbmpo": 100_000, "ppo": 1_000_000, "sac": 100_000}, (0, 200, 400, 500)),
     # issue 11: MBPO next to SAC at horizon 1000 (MBPO runs are capped by --max-minutes)
     "halfcheetah_h1000": ("HalfCheetah-v5", 1000, {"mbpo": 100_000, "sac": 100_000,
-                                                   "sac_mujoco": 100_000},
+                                                   "sac_mujoco": 100_000,
+                                                   "sac_mujoco_utd1": 100_000},
                           (0, 1000, 2000, 3000)),
     "hopper_h1000": ("Hopper-v5", 1000, {"mbpo": 100_000, "sac": 100_000},
                      (500, 1000, 2000, 3000)),
@@ -167,13 +169,18 @@ def build_sac(env_name: str, seed: int):
     )
 
 
-def build_sac_mujoco(env_name: str, seed: int):
+def build_sac_mujoco(env_name: str, seed: int, training_intensity: float | None = None):
     """RLlib's own tuned MuJoCo SAC (issue 29): the settings of its new-stack HalfCheetah
     example (rllib/tuned_examples/sac/halfcheetah_sac.py, one learner): initial alpha 1.001,
     learning rates 2e-4 (actor) / 8e-4 (critics) / 9e-4 (alpha), n-step drawn from 1-5,
     prioritized episode replay (capacity 100k, alpha 0.6, beta 0.4), learning after 10,000
     steps, 256 x 256 ReLU with Xavier-uniform hidden layers and small orthogonal heads; on the
-    standard observation (``policy_view``)."""
+    standard observation (``policy_view``).
+
+    As the example leaves them (``training_intensity`` None), these settings make 0.2 updates
+    per env step (n-step up to 5 makes the rollout fragment 5 steps, one update each:
+    ``benchmarks/peers/rllib_sac_update_ratio.py``); ``training_intensity=256`` (method
+    ``sac_mujoco_utd1``) makes it one update per env step, as standard SAC does."""
     from ray.rllib.algorithms.sac import SACConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from torch import nn
@@ -188,6 +195,7 @@ def build_sac_mujoco(env_name: str, seed: int):
             replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
                                   "capacity": 100000, "alpha": 0.6, "beta": 0.4},
             num_steps_sampled_before_learning_starts=10000,
+            training_intensity=training_intensity,
         )
         .rl_module(model_config=DefaultModelConfig(
             fcnet_hiddens=[256, 256], fcnet_activation="relu",
@@ -201,7 +209,8 @@ def build_sac_mujoco(env_name: str, seed: int):
 
 
 BUILDERS = {"mbmpo": build_mbmpo, "mbpo": build_mbpo, "ppo": build_ppo, "sac": build_sac,
-            "sac_mujoco": build_sac_mujoco}
+            "sac_mujoco": build_sac_mujoco,
+            "sac_mujoco_utd1": functools.partial(build_sac_mujoco, training_intensity=256)}
 
 
 def _steps_and_return(method: str, result: dict) -> tuple[int, float]:
