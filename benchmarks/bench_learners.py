@@ -61,7 +61,11 @@ def parse_args() -> argparse.Namespace:
                    help="refuse to start above this 1-minute load average")
     p.add_argument("--iteration", action="store_true",
                    help="also time one whole MB-MPO HalfCheetah `fast` iteration (30 meta "
-                        "steps) on 1 and 2 learners (about 6 more minutes)")
+                        "steps), twice each on 1 and 2 learners (about 9 more minutes)")
+    p.add_argument("--iteration-fit", choices=("driver", "trainers"), default="driver",
+                   help="where that iteration fits the ensemble: on the driver (all five "
+                        "members batched, torch's default threads: the faster here) or on "
+                        "the config's five model-trainer actors")
     p.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     return p.parse_args()
 
@@ -88,25 +92,28 @@ def build(algo: str, num_learners: int):
 
 
 def measure_iteration() -> dict:
-    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration as shipped (the first:
-    5,000 random real steps, the model fit on its five model-trainer actors, 30 meta steps and
-    the final adaptation) on 1 and on 2 learners of one thread each, and its phases."""
+    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration (the first: 5,000 random
+    real steps, the model fit, 30 meta steps and the final adaptation) on 1 and on 2 learners
+    of one thread each, run in the order 1, 2, 2, 1 (a fresh algorithm each time); the fit
+    where ``--iteration-fit`` puts it. Per N: the runs and their phases."""
     import tune_configs
 
-    out = {}
-    for n in (1, 2):
-        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0)
+    fit = {} if ARGS.iteration_fit == "trainers" else {"num_model_trainers": 0}
+    out = {1: [], 2: []}
+    for n in (1, 2, 2, 1):
+        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0, **fit)
         config.learners(num_learners=n, num_cpus_per_learner=1)
         algo = config.build_algo()
         try:
             t0 = time.perf_counter()
             result = algo.train()
-            out[n] = {"s": time.perf_counter() - t0,
-                      "timers": {k: float(v) for k, v in result.get("timers", {}).items()
-                                 if isinstance(v, (int, float))}}
+            run = {"s": time.perf_counter() - t0,
+                   "timers": {k: float(v) for k, v in result.get("timers", {}).items()
+                              if isinstance(v, (int, float))}}
         finally:
             algo.stop()
-        print(f"mbmpo iteration N={n}: {out[n]['s']:.1f} s {out[n]['timers']}", flush=True)
+        out[n].append(run)
+        print(f"mbmpo iteration N={n}: {run['s']:.1f} s {run['timers']}", flush=True)
     return out
 
 
@@ -193,13 +200,22 @@ def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str
             markdown_table(["algorithm", "timed call", "N=1 s", "N=2 s", "speed-up",
                             "all_reduce at N=2 s (share)", "collectives x numbers"], rows), ""]
     if iteration:
-        t1, t2 = iteration[1]["s"], iteration[2]["s"]
-        meta = [iteration[n]["timers"].get("meta_update", float("nan")) for n in (1, 2)]
+        def mean_of(n, key=None):
+            runs = iteration[n]
+            return float(np.mean([r["s"] if key is None else r["timers"].get(key, np.nan)
+                                  for r in runs]))
+
+        t1, t2 = mean_of(1), mean_of(2)
+        meta = [mean_of(n, "meta_update") for n in (1, 2)]
+        where = ("on the driver (five members batched, two threads)"
+                 if ARGS.iteration_fit == "driver" else "on the config's five model-trainer actors")
+        runs = "; ".join(f"N={n}: " + ", ".join(f"{r['s']:.0f}" for r in iteration[n]) + " s"
+                         for n in (1, 2))
         body.append(f"One whole MB-MPO HalfCheetah `fast` iteration (the first: 5,000 random "
-                    f"real steps, the model fit on the shipped five model-trainer actors, 30 meta "
-                    f"steps): {t1:.0f} s on "
-                    f"one learner, {t2:.0f} s on two (**{t1 / t2:.2f}x**); its meta update "
-                    f"{meta[0]:.0f} s and {meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
+                    f"real steps, the model fit {where}, 30 meta steps; two runs per N in the "
+                    f"order 1, 2, 2, 1: {runs}): {t1:.0f} s on one learner, {t2:.0f} s on two "
+                    f"(**{t1 / t2:.2f}x**, means); its meta update {meta[0]:.0f} s and "
+                    f"{meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
         if "mbmpo" in res and math.isfinite(meta[0]):
             # the iteration's meta update scales as the timed calls (same model, scaled to
             # its measured length); the rest of the iteration (sampling, fit) stays serial
