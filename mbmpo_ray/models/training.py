@@ -264,7 +264,7 @@ def _make_optimizer(
     """Adam over all parameters, warm-started from ``optimizer_state`` (the config's lr and
     weight decay win over the saved ones), and a deep copy of its state before any step."""
     optimizer = torch.optim.Adam(
-        ensemble.parameters(), lr=cfg.model_lr, weight_decay=cfg.model_weight_decay
+        ensemble.parameters(), lr=cfg.model_lr, weight_decay=cfg.model_weight_decay, fused=True
     )
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
