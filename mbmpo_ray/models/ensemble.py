@@ -137,6 +137,12 @@ class DynamicsEnsemble(nn.Module):
         num_elites = ensemble_size if num_elites is None else int(num_elites)
         if not 1 <= num_elites <= ensemble_size:
             raise ValueError(f"num_elites must be in [1, {ensemble_size}], got {num_elites}")
+        # what :meth:`subset` needs to build an ensemble of the same architecture
+        self._arch = dict(
+            obs_dim=int(obs_dim), act_dim=int(act_dim), hidden_sizes=tuple(hidden_sizes),
+            activation=activation, probabilistic=bool(probabilistic),
+            init_max_logvar=init_max_logvar, init_min_logvar=init_min_logvar,
+            logvar_bound_coef=logvar_bound_coef)
         self._obs_dim = int(obs_dim)
         self._act_dim = int(act_dim)
         self._ensemble_size = int(ensemble_size)
@@ -496,6 +502,19 @@ class DynamicsEnsemble(nn.Module):
             else:
                 state[name] = tensor.clone()
         return state
+
+    @torch.no_grad()
+    def subset(self, indices: IndexLike) -> DynamicsEnsemble:
+        """A stand-alone copy of members ``indices`` (``M`` distinct indices, in that order):
+        an ensemble of ``M`` members of the same architecture, dtype and device, with copies of
+        their weights and of the shared tensors (normalisers, log-variance bounds); all ``M``
+        are elite. Changes to it do not touch ``self`` (write back with
+        :meth:`load_member_state`)."""
+        idx = self._as_member_index(indices)
+        ref = self.input_normalizer.mean
+        sub = DynamicsEnsemble(**self._arch, ensemble_size=idx.numel()).to(ref.device, ref.dtype)
+        sub.load_member_state(range(idx.numel()), self.member_state(idx))
+        return sub
 
     @torch.no_grad()
     def load_member_state(

@@ -16,11 +16,13 @@ Shapes: ``N`` transitions, ``K`` members, ``D`` state dim, ``A`` action dim, ``I
    step gathers a ``K x batch x I`` tensor and takes one Adam step for the whole ensemble
    (:func:`train_step`); then :meth:`_EarlyStopping.update` with every member's validation
    MSE: a member keeps a copy of its best weights and stops after ``model_patience`` epochs
-   without relative improvement ``model_improvement_threshold``. With a step budget
-   (``model_fit_steps > 0``) an "epoch" is a round of at most ``model_check_steps`` steps on
-   rows drawn by :func:`_sampled_order` (a share ``model_new_data_fraction`` from the rows new
-   since the last fit), and the rounds stop when the budget is spent, so a fit costs at most
-   ``model_fit_steps`` steps however much data there is;
+   without relative improvement ``model_improvement_threshold``. Once some members have
+   stopped, an epoch trains and validates only the others (:func:`_train_active`). With a
+   step budget (``model_fit_steps > 0``) an "epoch" is a round of at most
+   ``model_check_steps`` steps on rows drawn by :func:`_sampled_order` (a share
+   ``model_new_data_fraction`` from the rows new since the last fit), and the rounds stop when
+   the budget is spent, so a fit costs at most ``model_fit_steps`` steps however much data
+   there is;
 5. :func:`_finish` -- every member is set to its best weights and the elites are selected from
    the best validation losses (:meth:`DynamicsEnsemble.select_elites`) -- or, if a loss became
    non-finite, :func:`_roll_back` to the pre-fit state.
@@ -442,31 +444,95 @@ def _rounds(cfg: FitConfig, n_train: int) -> list[int | None]:
 def _train_epoch(
     ensemble: DynamicsEnsemble,
     optimizer: torch.optim.Optimizer,
-    member_params: list[torch.Tensor],
     data: _FitData,
     order: torch.Tensor,
-    stop: _EarlyStopping,
     batch_size: int,
     autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One pass over ``order`` (``K x n_train``) in batches of ``batch_size`` rows per member
-    (:func:`train_step`, with ``autocast``); returns each member's mean training loss ``[K]``."""
-    active = stop.active
-    loss_weight = active.to(stop.train_loss.dtype)
-    any_frozen = not bool(active.all())
-    loss_sum = torch.zeros_like(stop.train_loss)
+    """One pass over ``order`` (``M x n``: the rows of each of the ensemble's ``M`` members) in
+    batches of ``batch_size`` rows per member (:func:`train_step`, with ``autocast``); returns
+    each member's mean training loss ``[M]``."""
+    loss_sum = data.x_tr.new_zeros(order.shape[0])
     n_steps = 0
     for start in range(0, order.shape[1], batch_size):
-        rows = order[:, start : start + batch_size]  # K x b
-        loss_sum += train_step(ensemble, optimizer, data.x_tr[rows], data.y_tr[rows], loss_weight,
-                               autocast)
-        if any_frozen:
-            # Frozen members: their loss is masked (zero gradient), but Adam would still move
-            # them with its momentum (and weight decay), so they are reset to their best
-            # weights after every step. They therefore never change once stopped.
-            _copy_members(member_params, stop.best_params, ~active)
+        rows = order[:, start : start + batch_size]  # M x b
+        loss_sum += train_step(ensemble, optimizer, data.x_tr[rows], data.y_tr[rows],
+                               autocast=autocast)
         n_steps += 1
     return loss_sum / max(n_steps, 1)
+
+
+def _active_subset(
+    ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, idx: torch.Tensor
+) -> tuple[DynamicsEnsemble, torch.optim.Adam]:
+    """Members ``idx`` as a stand-alone ensemble (:meth:`DynamicsEnsemble.subset`) and an Adam
+    of the same settings whose state is theirs, sliced from ``optimizer``'s (shared tensors,
+    e.g. the log-variance bounds, and Adam's step counts copied whole)."""
+    sub = ensemble.subset(idx)
+    group = optimizer.param_groups[0]
+    sub_opt = torch.optim.Adam(sub.parameters(), lr=group["lr"], betas=group["betas"],
+                               eps=group["eps"], weight_decay=group["weight_decay"], fused=True)
+    members = {id(p) for p in ensemble.member_parameters()}
+    for p, q in zip(ensemble.parameters(), sub.parameters(), strict=True):
+        if p in optimizer.state:
+            sub_opt.state[q] = {
+                k: v[idx].clone() if id(p) in members and v.shape == p.shape else v.clone()
+                for k, v in optimizer.state[p].items()}
+    return sub, sub_opt
+
+
+@torch.no_grad()
+def _write_back(
+    ensemble: DynamicsEnsemble, optimizer: torch.optim.Optimizer, sub: DynamicsEnsemble,
+    sub_opt: torch.optim.Optimizer, idx: torch.Tensor,
+) -> None:
+    """Undo :func:`_active_subset` after training ``sub``: its weights and Adam state back into
+    members ``idx`` of ``ensemble`` and ``optimizer`` (shared tensors replaced whole)."""
+    members = {id(p) for p in ensemble.member_parameters()}
+    for p, q in zip(ensemble.parameters(), sub.parameters(), strict=True):
+        member = id(p) in members
+        if member:
+            p[idx] = q
+        else:
+            p.copy_(q)
+        state = optimizer.state[p]
+        for k, v in sub_opt.state.get(q, {}).items():
+            if member and v.shape == q.shape:
+                state.setdefault(k, torch.zeros_like(p))[idx] = v
+            else:
+                state[k] = v
+
+
+def _train_active(
+    ensemble: DynamicsEnsemble,
+    optimizer: torch.optim.Optimizer,
+    data: _FitData,
+    order: torch.Tensor,
+    stop: _EarlyStopping,
+    cfg: FitConfig,
+    autocast: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round (:func:`_train_epoch` over ``order``, ``K x n``) for the members still
+    training, then their validation MSE; returns ``([K] training loss, [K] validation MSE)``.
+
+    Stopped members cost nothing: once some have stopped, the round trains and validates the
+    active members as a sub-ensemble of their own (:func:`_active_subset`, written back
+    afterwards), so a fit costs the members' summed epochs, not ``K`` times the longest
+    member's. A stopped member keeps its best weights and its Adam state; its entries in the
+    returned losses are its last training loss and its best validation MSE (the loss of the
+    weights it holds)."""
+    batch, chunk, space = cfg.model_batch_size, cfg.eval_batch_size, cfg.model_val_space
+    if bool(stop.active.all()):
+        train = _train_epoch(ensemble, optimizer, data, order, batch, autocast)
+        return train, _member_mse(ensemble, data.x_val, data.y_val, chunk, space)
+    idx = torch.nonzero(stop.active).flatten()
+    sub, sub_opt = _active_subset(ensemble, optimizer, idx)
+    train_sub = _train_epoch(sub, sub_opt, data, order[idx.to(order.device)], batch, autocast)
+    val_sub = _member_mse(sub, data.x_val, data.y_val, chunk, space)
+    _write_back(ensemble, optimizer, sub, sub_opt, idx)
+    train, val = stop.train_loss.clone(), stop.best_val.clone()
+    train[idx], val[idx] = train_sub, val_sub
+    return train, val
 
 
 def _roll_back(
@@ -545,12 +611,8 @@ def _fit_rounds(ensemble: DynamicsEnsemble, optimizer, member_params, fit_data, 
     rounds run out; ``history`` gets each round's mean validation loss. Returns the round at
     which a loss became non-finite (None: none did)."""
     for epoch, order in enumerate(orders, start=1):
-        epoch_train = _train_epoch(
-            ensemble, optimizer, member_params, fit_data, order, stop, cfg.model_batch_size,
-            autocast,
-        )
-        val = _member_mse(ensemble, fit_data.x_val, fit_data.y_val, cfg.eval_batch_size,
-                          cfg.model_val_space)
+        epoch_train, val = _train_active(ensemble, optimizer, fit_data, order, stop, cfg,
+                                         autocast)
         # Divergence guard. NaN/inf weights after any step make every later loss non-finite,
         # so checking the summed epoch losses and the end-of-epoch validation covers each step.
         if not (bool(torch.isfinite(epoch_train).all()) and bool(torch.isfinite(val).all())):

@@ -3,6 +3,7 @@
 Everything is small (K=3, hidden (64, 64), a few thousand rows) and runs on one CPU thread.
 """
 
+import copy
 import dataclasses
 import warnings
 from types import SimpleNamespace
@@ -367,6 +368,73 @@ def test_early_stopping_freezes_members_and_keeps_best_weights():
     for k in range(K):
         after = vals[res.epochs[k] :, k]
         assert np.allclose(after, res.val_loss[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("probabilistic", [False, True])
+def test_stopped_members_are_left_out_of_the_step(probabilistic, monkeypatch):
+    """With member 1 stopped, a round trains members 0 and 2 alone (a K = 2 sub-ensemble) and
+    gives them what one masked step of the whole ensemble (member 1's loss weighted 0) gives
+    them -- weights, Adam state and the shared log-variance bounds; member 1's weights and
+    Adam state are not touched."""
+    from mbmpo_ray.models import training
+
+    obs, act, nxt = linear_system(600)
+    ens = make(probabilistic)
+    cfg = FitConfig(model_batch_size=200, model_lr=1e-2, model_holdout_ratio=0.0,
+                    model_max_epochs=1)
+    _, opt_state = fit_ensemble(ens, obs, act, nxt, cfg, generator=gen())  # Adam state
+    data = training._normalised_data(ens, *map(torch.from_numpy, (obs, act, nxt)),
+                                     torch.arange(600), torch.arange(0), cfg)
+    order = torch.stack([torch.randperm(600, generator=gen(k))[:200] for k in range(K)])
+
+    masked = make(probabilistic)
+    masked.load_state_dict(ens.state_dict())
+    masked_opt = torch.optim.Adam(masked.parameters(), lr=1e-2, fused=True)
+    masked_opt.load_state_dict(copy.deepcopy(opt_state))  # loading shares the tensors
+    train_step(masked, masked_opt, data.x_tr[order], data.y_tr[order],
+               torch.tensor([1.0, 0.0, 1.0]))
+
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-2, fused=True)
+    opt.load_state_dict(copy.deepcopy(opt_state))
+    before = snapshot(ens)
+    frozen_state = {k: v[1].clone() for k, v in opt.state[ens.net[0].weight].items()
+                    if v.ndim}
+    stop = training._EarlyStopping.start(ens.member_parameters(), torch.zeros(K),
+                                         torch.float32, torch.device("cpu"))
+    stop.active = torch.tensor([True, False, True])
+    stop.train_loss = torch.full((K,), 7.0)
+    steps = _count_steps(monkeypatch)
+    train, val = training._train_active(ens, opt, data, order, stop, cfg, None)
+    assert [tuple(s[:2]) for s in steps] == [(2, 200)]  # member 1 not computed
+    assert train[1] == 7.0 and val[1] == 0.0  # its last training loss, its best val
+    after, want = snapshot(ens), snapshot(masked)
+    for name in after:
+        if name in ens.member_keys():
+            assert torch.equal(after[name][1], before[name][1]), name
+            torch.testing.assert_close(after[name][[0, 2]], want[name][[0, 2]])
+            assert not torch.equal(after[name][0], before[name][0]), name
+        else:
+            torch.testing.assert_close(after[name], want[name])
+    st, want_st = opt.state[ens.net[0].weight], masked_opt.state[masked.net[0].weight]
+    for k, v in frozen_state.items():
+        assert torch.equal(st[k][1], v), k  # the stopped member's Adam state kept as it was
+        torch.testing.assert_close(st[k][[0, 2]], want_st[k][[0, 2]])
+    assert torch.equal(st["step"], want_st["step"])
+
+
+def test_subset_is_an_independent_copy_of_some_members():
+    obs, act, nxt = linear_system(200)
+    ens = make(probabilistic=True, num_elites=2)
+    ens.update_normalizers(obs, act, nxt)
+    sub = ens.subset([2, 0])
+    assert sub.ensemble_size == 2 and sub.elite_indices.tolist() == [0, 1]
+    assert np.array_equal(sub.predict(obs[:5], act[:5]), ens.predict(obs[:5], act[:5])[[2, 0]])
+    before = snapshot(ens)
+    with torch.no_grad():
+        for p in sub.parameters():
+            p.add_(1.0)
+        sub.input_normalizer.mean.add_(1.0)
+    assert_state_equal(snapshot(ens), before)
 
 
 def test_raw_validation_space_is_the_mse_of_raw_deltas():
