@@ -13,6 +13,11 @@ core):
 * ``for-loop Adam`` (before): ``torch.optim.Adam`` with its CPU default, one small kernel per
   parameter and operation.
 
+With ``--peer-python`` (the mbrl-lib venv's python, see ``peers/mbrl_mbpo_timing.py``), the
+same rows, epochs and thread count through mbrl-lib 0.2.0's own refit
+(``peers/mbrl_fit_timing.py``: its bootstrap iterators, normaliser update and ``ModelTrainer``,
+in a subprocess, run between the repetitions of ours), its median against ours.
+
 Also a ``torch.profiler`` split of the fused variant into matmuls and the rest.
 
 Then MBPO's refits as they happen in a run (``--refits``, 0 to skip): a fit from scratch on the
@@ -37,10 +42,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -115,6 +124,8 @@ def main() -> None:
                    help="warm-started refits of 250 new rows each after a fit from scratch "
                         "(0: skip that part)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and fit seeds")
+    p.add_argument("--peer-python", type=Path,
+                   help="python of the mbrl-lib venv: adds mbrl-lib's refit of the same rows")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     load0 = load_average()
@@ -146,11 +157,14 @@ def main() -> None:
         run()  # warm-up
     times = {name: [] for name in variants}
     names = list(variants)
+    peer = []
     for r in range(args.reps):
         for name in names[r % 2:] + names[:r % 2]:
             t0 = time.thread_time()
             variants[name]()
             times[name].append(time.thread_time() - t0)
+        if args.peer_python and r % 2 == 0:  # the peer between our repetitions
+            peer += peer_refits(args, data, reps=2)
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -164,6 +178,10 @@ def main() -> None:
     base = times["fused Adam"]
     rows = [(name, f"{median(t):.2f}", f"{median_ratio(t, base):.2f}x",
              spread([a / b for a, b in zip(t, base, strict=True)])) for name, t in times.items()]
+    if peer:
+        rows.append(("mbrl-lib 0.2.0 (its refit, same rows)", f"{median(peer):.2f}",
+                     f"{median(peer) / median(base):.2f}x",
+                     f"{min(peer) / median(base):.2f}-{max(peer) / median(base):.2f}"))
     body = "\n".join([
         *header_lines([args.threads], load0),
         f"- Data: {data['source']}; {args.epochs} epochs per refit, "
@@ -177,6 +195,22 @@ def main() -> None:
     if not args.no_write:
         update_section("bench_fit_speed", "Model refit speed (`benchmarks/bench_fit_speed.py`, "
                        "issue 30)", body)
+
+
+def peer_refits(args: argparse.Namespace, data: dict, reps: int) -> list[float]:
+    """CPU seconds of ``reps`` refits by mbrl-lib on ``data`` (``peers/mbrl_fit_timing.py`` in
+    the mbrl-lib venv, after one warm-up refit)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rows.npz"
+        np.savez(path, obs=data["obs"], act=data["act"], next_obs=data["next_obs"])
+        out = subprocess.run(
+            [str(args.peer_python), str(Path(__file__).parent / "peers" / "mbrl_fit_timing.py"),
+             "--data", str(path), "--epochs", str(args.epochs), "--reps", str(reps),
+             "--threads", str(args.threads), "--seed", str(args.seed)],
+            capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(f"the mbrl-lib refit failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def refit_sequence(config, args: argparse.Namespace) -> str:

@@ -5,9 +5,11 @@ one torch thread each, ``num_cpus_per_learner=1``), trained one short iteration 
 data, a fitted ensemble, a model buffer), then their update phase is timed, interleaved
 (N=1, N=2, N=1, ...) on the same machine:
 
-* MB-MPO, HalfCheetah-v5 ``fast`` (the paper's meta step: 20 tasks x 50 rollouts x 200 steps,
-  TRPO; ``meta_steps_per_iter`` lowered to ``--meta-steps`` so a call takes seconds): one
-  ``_meta_update`` (its meta steps plus the final adaptation) per repetition;
+* MB-MPO, HalfCheetah-v5 ``--variant`` (``paper`` by default: the paper's meta step, 20 tasks x
+  50 rollouts x 200 steps, TRPO with Gauss-Newton Hessian-vector products; ``fast``: the same
+  with first-order ones and a 400-step budget fit); ``meta_steps_per_iter`` lowered to
+  ``--meta-steps`` so a call takes seconds): one ``_meta_update`` (its meta steps plus the
+  final adaptation) per repetition;
 * MBPO, HalfCheetah-v5 ``mbrl_lib`` (SAC 512 x 512, G = 10): ``--updates`` SAC updates of one
   ``train_block`` call per repetition, the global batch of 256 rows split 128 + 128 on two
   learners (``train_batch_size_per_learner=128``), i.e. the same SAC as one learner's (the
@@ -59,9 +61,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--updates", type=int, default=60, help="MBPO SAC updates per call")
     p.add_argument("--max-load", type=float, default=0.8,
                    help="refuse to start above this 1-minute load average")
+    p.add_argument("--variant", choices=("paper", "fast"), default="paper",
+                   help="MB-MPO's HalfCheetah config variant (tune_configs/halfcheetah.py)")
     p.add_argument("--iteration", action="store_true",
-                   help="also time one whole MB-MPO HalfCheetah `fast` iteration (30 meta "
-                        "steps), twice each on 1 and 2 learners (about 9 more minutes)")
+                   help="also time one whole MB-MPO HalfCheetah iteration (30 meta steps), "
+                        "twice each on 1 and 2 learners (about 9 (fast) to 15 (paper) more "
+                        "minutes)")
     p.add_argument("--iteration-fit", choices=("driver", "trainers"), default="driver",
                    help="where that iteration fits the ensemble: on the driver (all five "
                         "members batched, torch's default threads: the faster here) or on "
@@ -74,7 +79,7 @@ def build(algo: str, num_learners: int):
     import tune_configs
 
     if algo == "mbmpo":
-        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0,
+        config = tune_configs.load_config("halfcheetah", ARGS.variant, algo="mbmpo", seed=0,
                                           num_model_trainers=0, real_steps_per_iter=1000)
         config.training(meta_steps_per_iter=ARGS.meta_steps)
     else:
@@ -92,7 +97,7 @@ def build(algo: str, num_learners: int):
 
 
 def measure_iteration() -> dict:
-    """Wall time of one whole MB-MPO HalfCheetah ``fast`` iteration (the first: 5,000 random
+    """Wall time of one whole MB-MPO HalfCheetah ``--variant`` iteration (the first: 5,000 random
     real steps, the model fit, 30 meta steps and the final adaptation) on 1 and on 2 learners
     of one thread each, run in the order 1, 2, 2, 1 (a fresh algorithm each time); the fit
     where ``--iteration-fit`` puts it. Per N: the runs and their phases."""
@@ -101,7 +106,8 @@ def measure_iteration() -> dict:
     fit = {} if ARGS.iteration_fit == "trainers" else {"num_model_trainers": 0}
     out = {1: [], 2: []}
     for n in (1, 2, 2, 1):
-        config = tune_configs.load_config("halfcheetah", "fast", algo="mbmpo", seed=0, **fit)
+        config = tune_configs.load_config("halfcheetah", ARGS.variant, algo="mbmpo", seed=0,
+                                          **fit)
         config.learners(num_learners=n, num_cpus_per_learner=1)
         algo = config.build_algo()
         try:
@@ -191,7 +197,8 @@ ASSUMPTIONS = (
 def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str:
     rows = []
     for name, m in res.items():
-        unit = "meta update" if name == "mbmpo" else f"{ARGS.updates} SAC updates"
+        unit = (f"meta update ({ARGS.variant})" if name == "mbmpo"
+                else f"{ARGS.updates} SAC updates")
         rows.append([name.upper().replace("MBMPO", "MB-MPO"), unit, f"{m['t1']:.2f}",
                      f"{m['t2']:.2f}", f"**{m['speedup']:.2f}x**",
                      f"{m['coll2']:.2f} ({100 * m['coll2'] / m['t2']:.0f}%)",
@@ -211,11 +218,11 @@ def report(res: dict, load0: str, out_dir, iteration: dict | None = None) -> str
                  if ARGS.iteration_fit == "driver" else "on the config's five model-trainer actors")
         runs = "; ".join(f"N={n}: " + ", ".join(f"{r['s']:.0f}" for r in iteration[n]) + " s"
                          for n in (1, 2))
-        body.append(f"One whole MB-MPO HalfCheetah `fast` iteration (the first: 5,000 random "
-                    f"real steps, the model fit {where}, 30 meta steps; two runs per N in the "
-                    f"order 1, 2, 2, 1: {runs}): {t1:.0f} s on one learner, {t2:.0f} s on two "
-                    f"(**{t1 / t2:.2f}x**, means); its meta update {meta[0]:.0f} s and "
-                    f"{meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
+        body.append(f"One whole MB-MPO HalfCheetah `{ARGS.variant}` iteration (the first: "
+                    f"5,000 random real steps, the model fit {where}, 30 meta steps; two runs "
+                    f"per N in the order 1, 2, 2, 1: {runs}): {t1:.0f} s on one learner, "
+                    f"{t2:.0f} s on two (**{t1 / t2:.2f}x**, means); its meta update "
+                    f"{meta[0]:.0f} s and {meta[1]:.0f} s ({meta[0] / meta[1]:.2f}x).")
         if "mbmpo" in res and math.isfinite(meta[0]):
             # the iteration's meta update scales as the timed calls (same model, scaled to
             # its measured length); the rest of the iteration (sampling, fit) stays serial
