@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError, RayTaskError
 
-from mbmpo_ray.models import DynamicsEnsemble, FitConfig, FitResult, fit_ensemble
+from mbmpo_ray.models import DynamicsEnsemble, FitConfig, FitResult, fit_ensemble, fit_precision
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +121,12 @@ class EnsembleFitter:
             raise ValueError(f"device={device!r} fits on the driver: num_trainers must be 0")
         self.device = device
         self.ensemble_kwargs = dict(ensemble_kwargs)
-        self.fit_config = fit_config
         # the elites are chosen on the whole ensemble; member groups (sub-ensembles built from
         # ensemble_kwargs) can be smaller, so the kwargs never carry num_elites
         self.ensemble = DynamicsEnsemble(**self.ensemble_kwargs, num_elites=num_elites)
         K = self.ensemble.ensemble_size
         self.groups = [g.tolist() for g in np.array_split(np.arange(K), max(1, num_trainers))]
+        self.fit_config = self._resolve_precision(fit_config, len(self.groups[0]))
         self.optimizer_states: list[dict | None] = [None] * len(self.groups)
         self.cpus_per_trainer = cpus_per_trainer
         self.probe_timeout_s = float(probe_timeout_s)
@@ -138,6 +139,17 @@ class EnsembleFitter:
             self._add_trainer()
         self.num_driver_fallbacks = 0  # lifetime: group fits done on the driver instead
         self.next_new_id = 0  # rows with a row id from here on are new since the last fit
+
+    def _resolve_precision(self, fit_config: FitConfig, group_size: int) -> FitConfig:
+        """``fit_config`` with ``model_precision='auto'`` decided once, here, for a member
+        group of ``group_size`` on the fitting device (:func:`fit_precision`), so every
+        trainer fits in the same dtype."""
+        if fit_config.model_precision != "auto":
+            return fit_config
+        group = DynamicsEnsemble(**{**self.ensemble_kwargs, "ensemble_size": group_size})
+        chosen = fit_precision(group.to(self.device), fit_config.model_batch_size)
+        logger.info("model_precision='auto': the model fit runs in %s here", chosen)
+        return dataclasses.replace(fit_config, model_precision=chosen)
 
     def _add_trainer(self, g: int | None = None) -> None:
         """Start a trainer actor (as group ``g``'s replacement, or appended)."""

@@ -5,12 +5,18 @@ Depends only on torch, numpy and :mod:`mbmpo_ray.settings` (pure Python); no Ray
 * :mod:`~mbmpo_ray.models.ensemble` -- :class:`EnsembleLinear`, :class:`DynamicsEnsemble`
 * :mod:`~mbmpo_ray.models.normalizer` -- :class:`Normalizer`
 * :mod:`~mbmpo_ray.models.training` -- :class:`FitConfig`, :class:`FitResult`,
-  :func:`fit_ensemble`, :func:`train_step`
+  :func:`fit_ensemble`, :func:`fit_precision`, :func:`train_step`
 """
 
 from mbmpo_ray.models.ensemble import DynamicsEnsemble, EnsembleLinear
 from mbmpo_ray.models.normalizer import Normalizer
-from mbmpo_ray.models.training import FitConfig, FitResult, fit_ensemble, train_step
+from mbmpo_ray.models.training import (
+    FitConfig,
+    FitResult,
+    fit_ensemble,
+    fit_precision,
+    train_step,
+)
 
 __all__ = [
     "DynamicsEnsemble",
@@ -19,5 +25,6 @@ __all__ = [
     "FitResult",
     "Normalizer",
     "fit_ensemble",
+    "fit_precision",
     "train_step",
 ]

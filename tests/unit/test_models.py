@@ -293,6 +293,50 @@ def test_bfloat16_fit_steps_stay_close_to_float32():
     np.testing.assert_allclose(r16.val_loss, r32.val_loss, rtol=0.3)
 
 
+def test_auto_fit_precision_is_float32_without_bf16_units(monkeypatch):
+    from mbmpo_ray.models import training
+
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device_type="cpu": False)
+    monkeypatch.setattr(training, "_faster_precision", lambda *a, **kw: pytest.fail("timed"))
+    assert training.fit_precision(make(), 64) == "float32"
+    assert training.fit_precision(make(), 64, "bfloat16") == "bfloat16"  # as configured
+
+
+def test_auto_fit_precision_times_once_per_shape_and_the_fit_uses_it(monkeypatch):
+    from mbmpo_ray.models import training
+
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device_type="cpu": True)
+    monkeypatch.setattr(training, "_PRECISION_OF", {})
+    timed = []
+    monkeypatch.setattr(training, "_faster_precision",
+                        lambda ens, batch: timed.append((ens.ensemble_size, batch)) or "bfloat16")
+    used = []
+    real = training.train_step
+    monkeypatch.setattr(training, "train_step", lambda *a, autocast=None, **kw: used.append(
+        autocast) or real(*a, autocast=autocast, **kw))
+    cfg = FitConfig(model_batch_size=100, model_max_epochs=1, model_precision="auto")
+    for _ in range(2):
+        fit_ensemble(make(), *linear_system(500), cfg, generator=gen())
+    fit_ensemble(make(k=2), *linear_system(500), cfg, generator=gen())
+    assert timed == [(K, 100), (2, 100)]  # once per shape
+    assert used and set(used) == {torch.bfloat16}
+
+
+def test_faster_precision_times_a_copy():
+    """The real timing: on a CPU without bf16 units (emulated bf16, many times slower) it
+    must choose float32; anywhere it leaves the ensemble as it was."""
+    from mbmpo_ray.imagination import bf16_is_fast
+    from mbmpo_ray.models import training
+
+    ens = make(probabilistic=True)
+    before = snapshot(ens)
+    choice = training._faster_precision(ens, 64, steps=2, rounds=1)
+    assert choice in ("float32", "bfloat16")
+    if not bf16_is_fast("cpu"):
+        assert choice == "float32"
+    assert_state_equal(snapshot(ens), before)
+
+
 def test_train_step_moves_only_members_with_weight():
     ens = make()
     obs, act, nxt = linear_system(300)
