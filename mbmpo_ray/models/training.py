@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -452,12 +452,12 @@ def _faster_precision(ensemble: DynamicsEnsemble, batch_size: int, steps: int = 
             train_step(model, optimizer, x, y, autocast=dtype)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = perf_counter()
             for _ in range(steps):
                 train_step(model, optimizer, x, y, autocast=dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], perf_counter() - t0)
     return "bfloat16" if best["bfloat16"] < best["float32"] else "float32"
 
 

@@ -322,18 +322,24 @@ def test_auto_fit_precision_times_once_per_shape_and_the_fit_uses_it(monkeypatch
     assert used and set(used) == {torch.bfloat16}
 
 
-def test_faster_precision_times_a_copy():
-    """The real timing: on a CPU without bf16 units (emulated bf16, many times slower) it
-    must choose float32; anywhere it leaves the ensemble as it was."""
-    from mbmpo_ray.imagination import bf16_is_fast
+@pytest.mark.parametrize("bf16_cost, want", [(2.0, "float32"), (0.5, "bfloat16")])
+def test_faster_precision_picks_the_faster_dtype(monkeypatch, bf16_cost, want):
+    """The timing decides (a fake clock: each step costs 1 in float32, ``bf16_cost`` under a
+    bf16 autocast), on a copy: the ensemble is left as it was."""
     from mbmpo_ray.models import training
 
+    clock = [0.0]
+    real = training.train_step
+
+    def step(*a, autocast=None, **kw):
+        clock[0] += 1.0 if autocast is None else bf16_cost
+        return real(*a, autocast=autocast, **kw)
+
+    monkeypatch.setattr(training, "train_step", step)
+    monkeypatch.setattr(training, "perf_counter", lambda: clock[0])
     ens = make(probabilistic=True)
     before = snapshot(ens)
-    choice = training._faster_precision(ens, 64, steps=2, rounds=1)
-    assert choice in ("float32", "bfloat16")
-    if not bf16_is_fast("cpu"):
-        assert choice == "float32"
+    assert training._faster_precision(ens, 32, steps=2, rounds=2) == want
     assert_state_equal(snapshot(ens), before)
 
 
