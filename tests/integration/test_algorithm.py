@@ -327,6 +327,7 @@ def test_fit_budget_long_horizon_model_bias_and_bf16_reach_the_algorithm():
 
 def test_learner_threads_default_to_the_cpus_the_algorithm_reserves(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     base = MBMPOConfig().environment("Pendulum-v1")
     assert base.learner_threads() == 1  # the driver's CPU only
     trainers = base.copy(copy_frozen=False).training(num_model_trainers=5,
@@ -337,6 +338,9 @@ def test_learner_threads_default_to_the_cpus_the_algorithm_reserves(monkeypatch)
     assert base.copy(copy_frozen=False).training(learner_torch_threads=3).learner_threads() == 3
     remote = base.copy(copy_frozen=False).learners(num_learners=1, num_cpus_per_learner=1)
     assert remote.learner_threads() == 1
+    # pinned to one core (taskset -c 0): one thread, however many the algorithm reserves
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert trainers.learner_threads() == 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

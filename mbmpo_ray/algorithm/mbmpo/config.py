@@ -222,7 +222,8 @@ class MBMPOConfig(ModelBasedConfig, FitSettingsConfig, AlgorithmConfig):
     def learner_threads(self) -> int:
         """Torch threads of the meta-learner: ``learner_torch_threads`` if set; else, for the
         local learner (``num_learners=0``), every CPU the algorithm reserves (driver, env
-        runners, model trainers; at most this machine's cores), because the meta step runs
+        runners, model trainers; at most the CPUs this process may run on, e.g. one under
+        ``taskset -c 0``), because the meta step runs
         while the env runners and model trainers wait (2 threads: 0.6x the meta-step time of
         1, BENCHMARKS.md); for a remote learner its ``num_cpus_per_learner``. Never more
         threads than reserved CPUs: OpenMP threads that share a core with another busy
@@ -236,7 +237,8 @@ class MBMPOConfig(ModelBasedConfig, FitSettingsConfig, AlgorithmConfig):
             cpus = self.num_cpus_per_learner
             reserved = cpus if isinstance(cpus, (int, float)) else 1
         # a share rounded down to fit a cluster (e.g. 1 + 3 x 0.33) still counts as 2 CPUs
-        return max(1, min(int(reserved + 0.05), os.cpu_count() or 1))
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, min(int(reserved + 0.05), usable or os.cpu_count() or 1))
 
     @property
     def rollout_horizon(self) -> int:
