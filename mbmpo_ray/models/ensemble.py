@@ -512,8 +512,9 @@ class DynamicsEnsemble(nn.Module):
         :meth:`load_member_state`)."""
         idx = self._as_member_index(indices)
         ref = self.input_normalizer.mean
-        sub = DynamicsEnsemble(**self._arch, ensemble_size=idx.numel()).to(ref.device, ref.dtype)
-        sub.load_member_state(range(idx.numel()), self.member_state(idx))
+        with torch.random.fork_rng(devices=[]):  # its throw-away initial weights draw from
+            sub = DynamicsEnsemble(**self._arch, ensemble_size=idx.numel())  # a copy of the RNG
+        sub.to(ref.device, ref.dtype).load_member_state(range(idx.numel()), self.member_state(idx))
         return sub
 
     @torch.no_grad()

@@ -476,7 +476,9 @@ def test_subset_is_an_independent_copy_of_some_members():
     obs, act, nxt = linear_system(200)
     ens = make(probabilistic=True, num_elites=2)
     ens.update_normalizers(obs, act, nxt)
+    rng = torch.get_rng_state()
     sub = ens.subset([2, 0])
+    assert torch.equal(torch.get_rng_state(), rng)  # torch's global RNG not consumed
     assert sub.ensemble_size == 2 and sub.elite_indices.tolist() == [0, 1]
     assert np.array_equal(sub.predict(obs[:5], act[:5]), ens.predict(obs[:5], act[:5])[[2, 0]])
     before = snapshot(ens)
