@@ -75,8 +75,11 @@ def test_saves_killed_at_many_moments_leave_a_complete_checkpoint(source_checkpo
     run = tmp_path / "run"
     expected = _digest(source_checkpoint)
     rng = random.Random(0)
-    kills, inside_a_save, first = 30, 0, 1
-    for _ in range(kills):
+    # kill until 15 kills have hit a save in progress (on a busy machine fewer land inside
+    # one, so a fixed count would test less), at most 120
+    kills, inside_a_save, first = 0, 0, 1
+    while inside_a_save < 15 and kills < 120:
+        kills += 1
         proc = subprocess.Popen(
             [sys.executable, "-c", SAVER, ck.__file__, str(source_checkpoint), str(run),
              str(first)], stdout=subprocess.PIPE, text=True)
@@ -96,7 +99,7 @@ def test_saves_killed_at_many_moments_leave_a_complete_checkpoint(source_checkpo
         assert len(ck.list_checkpoints(run)) <= 3  # keep=2 (+1 if killed before pruning)
         first = int(latest.name.split("_")[-1]) + 1  # the "resumed" run goes on from there
     print(f"{inside_a_save} of {kills} kills hit a save in progress")
-    assert inside_a_save >= kills // 2, f"only {inside_a_save} kills hit a save in progress"
+    assert inside_a_save >= 15, f"only {inside_a_save} of {kills} kills hit a save in progress"
     # the survivor restores, and training continues from it
     algo = MBMPO.from_checkpoint(str(ck.latest_checkpoint(run)))
     try:
