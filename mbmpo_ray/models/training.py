@@ -556,7 +556,9 @@ def _write_back(
         state = optimizer.state[p]
         for k, v in sub_opt.state.get(q, {}).items():
             if member and v.shape == q.shape:
-                state.setdefault(k, torch.zeros_like(p))[idx] = v
+                if k not in state:  # not allocated on every write-back, as setdefault would
+                    state[k] = torch.zeros_like(p)
+                state[k][idx] = v
             else:
                 state[k] = v
 
